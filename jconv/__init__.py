@@ -1,0 +1,44 @@
+"""jconv: PyTorch's convolutions as pure JAX functions.
+
+>>> cfg = jconv.Conv2d(in_channels=1, out_channels=1, kernel_size=3, stride=2, padding=1)
+>>> params = jconv.init(jax.random.key(0), cfg)   # weight (1, 1, 3, 3), bias (1,)
+>>> y = jconv.apply(params, x)                    # x (N, 1, H, W) -> (N, 1, H', W')
+"""
+
+from jconv import functional
+from jconv.config import (
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    ConvNd,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
+    ConvTransposeNd,
+)
+from jconv.io import load_state_dict, state_dict
+from jconv.layer import Params, apply, init
+from jconv.shapes import flops, num_params, output_shape, receptive_field
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvNd",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "ConvTransposeNd",
+    "Params",
+    "apply",
+    "flops",
+    "functional",
+    "init",
+    "load_state_dict",
+    "num_params",
+    "output_shape",
+    "receptive_field",
+    "state_dict",
+]

@@ -1,0 +1,84 @@
+"""The one engine behind ``jconv.apply`` and ``jconv.functional``.
+
+``forward(cfg, weight, bias, x)`` checks ``x`` against ``cfg`` (at trace time,
+so under ``jit`` too), applies a non-zero padding mode, asks the planner for a
+lowering, runs it and adds the bias.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jconv import lowering, shapes
+from jconv import padding as _padding
+
+
+def _check_params(cfg, weight, bias) -> None:
+    name = type(cfg).__name__
+    wshape = tuple(np.shape(weight))
+    if wshape != cfg.weight_shape:
+        raise ValueError(
+            f"{name}: weight has shape {wshape}, but this config expects "
+            f"{cfg.weight_shape}; build parameters with jconv.init(key, cfg) or "
+            "jconv.load_state_dict(cfg, state_dict)"
+        )
+    if cfg.bias and bias is None:
+        raise ValueError(
+            f"{name} was built with bias=True but no bias was given; pass a bias of "
+            f"shape {(cfg.out_channels,)} or build the config with bias=False"
+        )
+    if not cfg.bias and bias is not None:
+        raise ValueError(
+            f"{name} was built with bias=False but a bias was given; drop it or build "
+            "the config with bias=True"
+        )
+    if bias is not None and tuple(np.shape(bias)) != (cfg.out_channels,):
+        raise ValueError(
+            f"{name}: bias has shape {tuple(np.shape(bias))}, expected "
+            f"({cfg.out_channels},), one value per output channel"
+        )
+
+
+def _as_array(x, name: str):
+    if isinstance(x, jax.Array):
+        return x
+    try:
+        return jnp.asarray(x)
+    except TypeError:
+        raise TypeError(
+            f"{name}: the input must be an array (jax or numpy), got {type(x).__name__}"
+        ) from None
+
+
+def forward(cfg, weight, bias, x, output_size=None):
+    """``cfg`` applied to ``x`` (N, C_in, *sp) or (C_in, *sp) -> (N, C_out, *sp_out)."""
+    x = _as_array(x, type(cfg).__name__)
+    batched = shapes.check_input(cfg, x.shape, x.dtype)
+    out_pad = shapes.resolve_output_padding(cfg, x.shape, output_size)
+    shapes.output_shape(cfg, x.shape, output_size)  # rejects empty outputs
+    _check_params(cfg, weight, bias)
+    if not batched:
+        x = x[None]
+    dtype = cfg.compute_dtype or jnp.result_type(x.dtype, weight.dtype)
+    x, w = x.astype(dtype), jnp.asarray(weight).astype(dtype)
+    pads = cfg.pads
+    if cfg.padding_mode != "zeros":
+        x = _padding.apply_mode(x, pads, cfg.padding_mode)
+        pads = ((0, 0),) * cfg.ndim
+    spec = lowering.ConvSpec(
+        transposed=cfg.transposed,
+        stride=cfg.stride,
+        pads=pads,
+        dilation=cfg.dilation,
+        groups=cfg.groups,
+        output_padding=out_pad,
+        precision=cfg.precision,
+        preferred_element_type=cfg.preferred_element_type,
+    )
+    name = lowering.plan(cfg, x.shape, dtype, jax.default_backend())
+    y = lowering.run(name, x, w, spec)
+    if bias is not None:
+        y = y + jnp.asarray(bias).astype(y.dtype).reshape((-1,) + (1,) * cfg.ndim)
+    return y if batched else y[0]

@@ -1,0 +1,80 @@
+"""torch.nn.functional-style convolutions; same engine as ``jconv.apply``.
+
+Each op builds the config its arguments describe (validated as the layer's) and
+runs it, so both front doors give identical numbers and errors.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jconv import config as _config
+from jconv import core
+
+
+def _build(cls, name: str, weight, bias, groups, transposed: bool, **kw):
+    n = cls.ndim
+    wshape = tuple(np.shape(weight))
+    order = "(in_channels, out_channels/groups" if transposed else "(out_channels, in_channels/groups"
+    if len(wshape) != n + 2:
+        raise ValueError(
+            f"{name}: weight must be {n + 2}-d {order}, *kernel_size), got a weight of "
+            f"shape {list(wshape)}"
+        )
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
+        raise ValueError(f"{name}: groups must be a positive integer, got groups={groups!r}")
+    if wshape[0] % groups:
+        raise ValueError(
+            f"{name}: given groups={groups}, expected weight to be divisible by {groups} at "
+            f"dimension 0, but got weight of shape {list(wshape)}; weight.shape[0] must be "
+            "a multiple of groups"
+        )
+    if bias is not None and tuple(np.shape(bias)) != (
+        wshape[1] * groups if transposed else wshape[0],
+    ):
+        expected = wshape[1] * groups if transposed else wshape[0]
+        raise ValueError(
+            f"{name}: given weight of shape {list(wshape)}, expected bias to be 1-d with "
+            f"{expected} elements, but got bias of shape {list(np.shape(bias))}"
+        )
+    if transposed:
+        in_ch, out_ch = wshape[0], wshape[1] * groups
+    else:
+        in_ch, out_ch = wshape[1] * groups, wshape[0]
+    try:
+        return cls(
+            in_ch, out_ch, wshape[2:], groups=groups, bias=bias is not None,
+            dtype=np.dtype(getattr(weight, "dtype", np.float32)), **kw,
+        )
+    except (ValueError, TypeError) as err:
+        raise type(err)(str(err).replace(f"{cls.__name__}:", f"{name}:", 1)) from None
+
+
+def _conv(cls, name, input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    cfg = _build(
+        cls, name, weight, bias, groups, False,
+        stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode,
+    )
+    return core.forward(cfg, weight, bias, input)
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           padding_mode: str = "zeros") -> jax.Array:
+    """input (N, C_in, L) or (C_in, L); weight (C_out, C_in/groups, k) -> (N, C_out, L_out)."""
+    return _conv(_config.Conv1d, "conv1d", input, weight, bias, stride, padding, dilation,
+                 groups, padding_mode)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           padding_mode: str = "zeros") -> jax.Array:
+    """input (N, C_in, H, W) or (C_in, H, W); weight (C_out, C_in/groups, kH, kW)."""
+    return _conv(_config.Conv2d, "conv2d", input, weight, bias, stride, padding, dilation,
+                 groups, padding_mode)
+
+
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           padding_mode: str = "zeros") -> jax.Array:
+    """input (N, C_in, D, H, W) or (C_in, D, H, W); weight (C_out, C_in/groups, kD, kH, kW)."""
+    return _conv(_config.Conv3d, "conv3d", input, weight, bias, stride, padding, dilation,
+                 groups, padding_mode)

@@ -1,0 +1,149 @@
+"""Shared test helpers: a random generator of valid configs and the torch oracle."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import jconv  # noqa: E402
+
+CONV = {1: jconv.Conv1d, 2: jconv.Conv2d, 3: jconv.Conv3d}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test, deselect with -m 'not slow'")
+
+
+@dataclass
+class Case:
+    """One random convolution: the config's arguments and an input shape."""
+
+    ndim: int
+    kwargs: dict
+    shape: tuple
+    batched: bool
+    jit: bool
+    seed: int
+    extra: dict = field(default_factory=dict)
+
+    def cfg(self):
+        return CONV[self.ndim](**self.kwargs)
+
+    def __str__(self):
+        kw = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"Conv{self.ndim}d({kw}) x{list(self.shape)} jit={self.jit}"
+
+
+def _padding_form(rng: random.Random, n: int, k, d, stride):
+    """One of torch's and jconv's padding forms, with its (lo, hi) pairs."""
+    forms = ["int", "tuple", "pairs", "valid"]
+    if all(s == 1 for s in stride):
+        forms.append("same")
+    if n == 1:
+        forms.append("causal")
+    form = rng.choice(forms)
+    if form == "int":
+        p = rng.randint(0, 2)
+        return p, [(p, p)] * n
+    if form == "tuple":
+        ps = tuple(rng.randint(0, 2) for _ in range(n))
+        return ps, [(p, p) for p in ps]
+    if form == "pairs":
+        pairs = tuple((rng.randint(0, 2), rng.randint(0, 2)) for _ in range(n))
+        return pairs, list(pairs)
+    if form == "valid":
+        return "valid", [(0, 0)] * n
+    if form == "causal":
+        return "causal", [(d[0] * (k[0] - 1), 0)]
+    tot = [di * (ki - 1) for ki, di in zip(k, d)]
+    return "same", [(t // 2, t - t // 2) for t in tot]
+
+
+def random_case(seed: int) -> Case:
+    """A random valid Conv{1,2,3}d config and input, covering every option."""
+    rng = random.Random(seed)
+    n = rng.choice([1, 1, 2, 2, 2, 3])
+    kind = rng.choice(["dense", "dense", "grouped", "depthwise"])
+    if kind == "dense":
+        groups, cin, cout = 1, rng.randint(1, 4), rng.randint(1, 4)
+    elif kind == "grouped":
+        groups = rng.choice([2, 3])
+        cin, cout = groups * rng.randint(1, 2), groups * rng.randint(1, 2)
+    else:
+        groups = cin = rng.randint(2, 4)
+        cout = cin * rng.choice([1, 2])
+    kmax = {1: 5, 2: 4, 3: 3}[n]
+    k = tuple(rng.randint(1, kmax) for _ in range(n))
+    d = tuple(rng.choice([1, 1, 2]) for _ in range(n))
+    stride = tuple(rng.choice([1, 1, 2, 3]) for _ in range(n))
+    padding, pairs = _padding_form(rng, n, k, d, stride)
+    mode = rng.choice(["zeros", "zeros", "zeros", "reflect", "replicate", "circular"])
+    smax = {1: 12, 2: 8, 3: 6}[n]
+    spatial = []
+    for ki, di, (lo, hi) in zip(k, d, pairs):
+        eff = di * (ki - 1) + 1
+        low = max(1, eff - lo - hi, lo + 1, hi + 1) if mode != "zeros" else max(1, eff - lo - hi)
+        spatial.append(rng.randint(low, max(low, smax)))
+    batched = rng.random() < 0.75
+    shape = ((rng.randint(1, 2),) if batched else ()) + (cin, *spatial)
+    if not isinstance(padding, str) and rng.random() < 0.2 and n == 2:
+        padding = list(padding) if isinstance(padding, tuple) else padding
+    kwargs = dict(
+        in_channels=cin,
+        out_channels=cout,
+        kernel_size=k if rng.random() < 0.7 else (k[0] if len(set(k)) == 1 else k),
+        stride=stride,
+        padding=padding,
+        dilation=d,
+        groups=groups,
+        bias=rng.random() < 0.7,
+        padding_mode=mode,
+    )
+    return Case(n, kwargs, shape, batched, jit=rng.random() < 0.5, seed=seed, extra={"pairs": pairs})
+
+
+def arrays_for(case: Case, cfg=None):
+    """Deterministic float32 input, weight, bias and output cotangent for ``case``."""
+    cfg = cfg or case.cfg()
+    rs = np.random.RandomState(case.seed)
+    x = rs.standard_normal(case.shape).astype(np.float32)
+    w = rs.standard_normal(cfg.weight_shape).astype(np.float32)
+    b = rs.standard_normal(cfg.bias_shape).astype(np.float32) if cfg.bias else None
+    out = jconv.output_shape(cfg, case.shape)
+    gy = rs.standard_normal(out).astype(np.float32)
+    return x, w, b, gy
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-6))
+
+
+def jconv_grads(cfg, x, w, b, gy, jit: bool):
+    """jconv's output and (dx, dw, db) of ``sum(y * gy)``."""
+
+    def f(x, w, b):
+        return jconv.apply(jconv.Params(w, b, cfg), x)
+
+    def run(x, w, b, gy):
+        y, vjp = jax.vjp(f, x, w, b)
+        return (y, *vjp(gy))
+
+    run = jax.jit(run) if jit else run
+    return run(x, w, b, gy)
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch")
