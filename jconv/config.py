@@ -236,9 +236,7 @@ class ConvNd(_ConvBase):
     weight_init: Initializer | None = dataclasses.field(default=None, **_KW)
     bias_init: Initializer | None = dataclasses.field(default=None, **_KW)
     algorithm: str = dataclasses.field(default="auto", **_KW)
-    pads: tuple[tuple[int, int], ...] = dataclasses.field(
-        init=False, repr=False, compare=False
-    )
+    pads: tuple[tuple[int, int], ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     transposed: ClassVar[bool] = False
 
@@ -279,9 +277,7 @@ class ConvTransposeNd(_ConvBase):
     weight_init: Initializer | None = dataclasses.field(default=None, **_KW)
     bias_init: Initializer | None = dataclasses.field(default=None, **_KW)
     algorithm: str = dataclasses.field(default="auto", **_KW)
-    pads: tuple[tuple[int, int], ...] = dataclasses.field(
-        init=False, repr=False, compare=False
-    )
+    pads: tuple[tuple[int, int], ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     transposed: ClassVar[bool] = True
 
@@ -290,9 +286,7 @@ class ConvTransposeNd(_ConvBase):
 
     def _normalize(self, n: int) -> None:
         self._normalize_common(n)
-        mode = _padding.check_mode(
-            self.padding_mode, transposed=True, owner=type(self).__name__
-        )
+        mode = _padding.check_mode(self.padding_mode, transposed=True, owner=type(self).__name__)
         stored, pairs = _padding.normalize(
             self.padding, self.kernel_size, self.stride, self.dilation, transposed=True
         )

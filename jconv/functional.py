@@ -16,7 +16,9 @@ from jconv import core
 def _build(cls, name: str, weight, bias, groups, transposed: bool, **kw):
     n = cls.ndim
     wshape = tuple(np.shape(weight))
-    order = "(in_channels, out_channels/groups" if transposed else "(out_channels, in_channels/groups"
+    order = (
+        "(in_channels, out_channels/groups" if transposed else "(out_channels, in_channels/groups"
+    )
     if len(wshape) != n + 2:
         raise ValueError(
             f"{name}: weight must be {n + 2}-d {order}, *kernel_size), got a weight of "
@@ -44,8 +46,13 @@ def _build(cls, name: str, weight, bias, groups, transposed: bool, **kw):
         in_ch, out_ch = wshape[1] * groups, wshape[0]
     try:
         return cls(
-            in_ch, out_ch, wshape[2:], groups=groups, bias=bias is not None,
-            dtype=np.dtype(getattr(weight, "dtype", np.float32)), **kw,
+            in_ch,
+            out_ch,
+            wshape[2:],
+            groups=groups,
+            bias=bias is not None,
+            dtype=np.dtype(getattr(weight, "dtype", np.float32)),
+            **kw,
         )
     except (ValueError, TypeError) as err:
         raise type(err)(str(err).replace(f"{cls.__name__}:", f"{name}:", 1)) from None
@@ -53,28 +60,93 @@ def _build(cls, name: str, weight, bias, groups, transposed: bool, **kw):
 
 def _conv(cls, name, input, weight, bias, stride, padding, dilation, groups, padding_mode):
     cfg = _build(
-        cls, name, weight, bias, groups, False,
-        stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode,
+        cls,
+        name,
+        weight,
+        bias,
+        groups,
+        False,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        padding_mode=padding_mode,
     )
     return core.forward(cfg, weight, bias, input)
 
 
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           padding_mode: str = "zeros") -> jax.Array:
+def conv1d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    padding_mode: str = "zeros",
+) -> jax.Array:
     """input (N, C_in, L) or (C_in, L); weight (C_out, C_in/groups, k) -> (N, C_out, L_out)."""
-    return _conv(_config.Conv1d, "conv1d", input, weight, bias, stride, padding, dilation,
-                 groups, padding_mode)
+    return _conv(
+        _config.Conv1d,
+        "conv1d",
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode,
+    )
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           padding_mode: str = "zeros") -> jax.Array:
+def conv2d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    padding_mode: str = "zeros",
+) -> jax.Array:
     """input (N, C_in, H, W) or (C_in, H, W); weight (C_out, C_in/groups, kH, kW)."""
-    return _conv(_config.Conv2d, "conv2d", input, weight, bias, stride, padding, dilation,
-                 groups, padding_mode)
+    return _conv(
+        _config.Conv2d,
+        "conv2d",
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode,
+    )
 
 
-def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           padding_mode: str = "zeros") -> jax.Array:
+def conv3d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    padding_mode: str = "zeros",
+) -> jax.Array:
     """input (N, C_in, D, H, W) or (C_in, D, H, W); weight (C_out, C_in/groups, kD, kH, kW)."""
-    return _conv(_config.Conv3d, "conv3d", input, weight, bias, stride, padding, dilation,
-                 groups, padding_mode)
+    return _conv(
+        _config.Conv3d,
+        "conv3d",
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode,
+    )

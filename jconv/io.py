@@ -111,9 +111,7 @@ def load_state_dict(cfg_tree: Any, state_dict: Mapping[str, Any], strict: bool =
 
 def state_dict(tree: Any) -> dict[str, np.ndarray]:
     """A flat ``{"0.weight": ndarray, ...}`` for a tree of :class:`Params`, named as torch would."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda x: isinstance(x, Params)
-    )
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, Params))
     out: dict[str, np.ndarray] = {}
     for path, leaf in leaves:
         if not isinstance(leaf, Params):

@@ -38,8 +38,10 @@ def as_int(name: str, value: object) -> int:
 
 
 def _seq(value: object) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str) or (
-        hasattr(value, "shape") and hasattr(value, "tolist")
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        or (hasattr(value, "shape") and hasattr(value, "tolist"))
     )
 
 

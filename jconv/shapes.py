@@ -159,7 +159,7 @@ def output_shape(cfg, input_shape: Sequence[int], output_size=None) -> tuple[int
     out = output_spatial(cfg, shape[-cfg.ndim :], out_pad)
     if any(o <= 0 for o in out):
         raise ValueError(
-            f"{_name(cfg)}: given input size per channel {_fmt(shape[-cfg.ndim:])}, the "
+            f"{_name(cfg)}: given input size per channel {_fmt(shape[-cfg.ndim :])}, the "
             f"calculated output size per channel is {_fmt(out)}, which is too small; "
             "use less padding or a larger input"
         )

@@ -106,7 +106,9 @@ def random_case(seed: int) -> Case:
         bias=rng.random() < 0.7,
         padding_mode=mode,
     )
-    return Case(n, kwargs, shape, batched, jit=rng.random() < 0.5, seed=seed, extra={"pairs": pairs})
+    return Case(
+        n, kwargs, shape, batched, jit=rng.random() < 0.5, seed=seed, extra={"pairs": pairs}
+    )
 
 
 def arrays_for(case: Case, cfg=None):

@@ -25,7 +25,9 @@ def _windows(kernel, stride, dilation, out):
 
 
 def _out_sizes(padded, kernel, stride, dilation):
-    return tuple((p - d * (k - 1) - 1) // s + 1 for p, k, s, d in zip(padded, kernel, stride, dilation))
+    return tuple(
+        (p - d * (k - 1) - 1) // s + 1 for p, k, s, d in zip(padded, kernel, stride, dilation)
+    )
 
 
 def conv(x, w, b, stride, pads, dilation, groups, mode="zeros"):
@@ -61,8 +63,14 @@ def conv_vjp(x, w, gy, stride, pads, dilation, groups):
         cs, os_ = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)
         for tap, sl in _windows(kernel, stride, dilation, out):
             window = xp[(slice(None), cs) + sl]
-            dw[(os_, slice(None)) + tap] += np.einsum("nc...,no...->oc", window, gy[:, os_])
-            dxp[(slice(None), cs) + sl] += np.einsum("no...,oc->nc...", gy[:, os_], w[(os_, slice(None)) + tap])
+            flat_w, flat_g = (
+                window.reshape(*window.shape[:2], -1),
+                gy[:, os_].reshape(gy.shape[0], og, -1),
+            )
+            dw[(os_, slice(None)) + tap] += np.einsum("ncp,nop->oc", flat_w, flat_g)
+            dxp[(slice(None), cs) + sl] += np.einsum(
+                "no...,oc->nc...", gy[:, os_], w[(os_, slice(None)) + tap]
+            )
     crop = tuple(slice(lo, lo + size) for (lo, _), size in zip(pads, x.shape[2:]))
     dx = dxp[(slice(None), slice(None)) + crop]
     db = gy.sum(axis=(0,) + tuple(range(2, gy.ndim)))
@@ -76,7 +84,10 @@ def conv_transpose(x, w, b, stride, pads, dilation, groups, output_padding):
     og = w.shape[1]
     cg = cin // groups
     kernel, sp = w.shape[2:], x.shape[2:]
-    full = tuple((i - 1) * s + d * (k - 1) + 1 + op for i, s, d, k, op in zip(sp, stride, dilation, kernel, output_padding))
+    full = tuple(
+        (i - 1) * s + d * (k - 1) + 1 + op
+        for i, s, d, k, op in zip(sp, stride, dilation, kernel, output_padding)
+    )
     y = np.zeros((n, og * groups, *full))
     for g in range(groups):
         xs, ws = x[:, g * cg : (g + 1) * cg], w[g * cg : (g + 1) * cg]

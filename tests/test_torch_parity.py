@@ -34,7 +34,9 @@ def test_the_cases_cover_the_configuration_space():
         "ndim": {c.ndim for c in cases},
         "mode": {c.kwargs["padding_mode"] for c in cases},
         "form": {
-            c.kwargs["padding"] if isinstance(c.kwargs["padding"], str) else type(c.kwargs["padding"]).__name__
+            c.kwargs["padding"]
+            if isinstance(c.kwargs["padding"], str)
+            else type(c.kwargs["padding"]).__name__
             for c in cases
         },
         "batched": {c.batched for c in cases},
@@ -45,8 +47,12 @@ def test_the_cases_cover_the_configuration_space():
     assert seen["mode"] == {"zeros", "reflect", "replicate", "circular"}
     assert {"valid", "same", "causal", "int", "tuple", "list"} <= seen["form"]
     assert seen["batched"] == seen["jit"] == seen["bias"] == {True, False}
-    pair_cases = [c for c in cases if isinstance(c.kwargs["padding"], tuple)
-                  and any(isinstance(p, tuple) for p in c.kwargs["padding"])]
+    pair_cases = [
+        c
+        for c in cases
+        if isinstance(c.kwargs["padding"], tuple)
+        and any(isinstance(p, tuple) for p in c.kwargs["padding"])
+    ]
     assert len(pair_cases) >= 10
     groups = [c.kwargs["groups"] for c in cases]
     depthwise = [c for c in cases if c.kwargs["groups"] == c.kwargs["in_channels"] > 1]

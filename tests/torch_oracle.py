@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 
 _MODULE = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
-_F_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+_F_MODE = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "replicate",
+    "circular": "circular",
+}
 
 
 def _native(kwargs) -> bool:
@@ -14,7 +19,9 @@ def _native(kwargs) -> bool:
     p = kwargs["padding"]
     if isinstance(p, str):
         return p in ("valid", "same")
-    return not any(isinstance(v, (tuple, list)) for v in (p if isinstance(p, (tuple, list)) else [p]))
+    return not any(
+        isinstance(v, (tuple, list)) for v in (p if isinstance(p, (tuple, list)) else [p])
+    )
 
 
 def conv_with_grads(ndim, kwargs, pairs, x, w, b, gy):
@@ -35,7 +42,14 @@ def conv_with_grads(ndim, kwargs, pairs, x, w, b, gy):
         xin = xt[None] if unbatched else xt
         xp = F.pad(xin, flat, mode=_F_MODE[kwargs["padding_mode"]])
         conv = getattr(F, f"conv{ndim}d")
-        y = conv(xp, wt, bt, stride=kwargs["stride"], dilation=kwargs["dilation"], groups=kwargs["groups"])
+        y = conv(
+            xp,
+            wt,
+            bt,
+            stride=kwargs["stride"],
+            dilation=kwargs["dilation"],
+            groups=kwargs["groups"],
+        )
         y = y[0] if unbatched else y
     (y * torch.tensor(gy)).sum().backward()
     grads = [xt.grad, wt.grad, bt.grad if bt is not None else None]
