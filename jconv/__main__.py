@@ -1,0 +1,5 @@
+import sys
+
+from jconv.cli import main
+
+sys.exit(main())

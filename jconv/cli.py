@@ -1,0 +1,34 @@
+"""The command line: ``python -m jconv [demo]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from jconv.demo import walkthrough
+
+    print(walkthrough(seed=args.seed))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jconv",
+        description="jconv: PyTorch's convolutions as pure JAX functions. "
+        "With no subcommand, runs the demo.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="walk through Conv2d on a 5x5 image (the default)")
+    demo.add_argument("--seed", type=int, default=0, help="PRNG seed for the weights")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command is None:
+        args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
+    return args.run(args)
