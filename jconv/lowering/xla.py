@@ -1,7 +1,7 @@
 """The default lowering: one ``lax.conv_general_dilated`` in NCHW/OIHW layout.
 
 It is what plain JAX code runs, with one difference: it never hands XLA a
-convolution whose gradient aborts the process (see :func:`swap_hazard`).
+convolution whose derivatives abort the process (see :func:`swap_hazard`).
 """
 
 from __future__ import annotations
@@ -16,26 +16,42 @@ _SPATIAL = "DHW"
 
 def dimension_numbers(ndim: int) -> tuple[str, str, str]:
     """``("NCHW", "OIHW", "NCHW")`` and its 1-d and 3-d forms."""
-    sp = _SPATIAL[3 - ndim :] if ndim <= 3 else "".join(chr(65 + i) for i in range(ndim))
+    sp = _SPATIAL[3 - ndim :]
     return ("NC" + sp, "OI" + sp, "NC" + sp)
 
 
-def swap_hazard(kernel, stride, dilation, groups: int) -> bool:
-    """Whether XLA's convolution operand swapper may abort on this conv's gradient.
+def swap_hazard(spatial, kernel, stride, dilation, pads, groups: int) -> bool:
+    """Whether XLA's convolution operand swapper may abort on this conv or its derivatives.
 
-    XLA (CPU, seen on jaxlib 0.10.2) swaps the operands of a convolution whose
-    kernel is larger than its input. It keeps a spatial dimension unchanged when
-    that dimension looks like a "group" (window 2, base dilation 2, stride 1, no
-    padding) but still swaps the operands, so the window no longer fits the new
-    kernel and a ``Check failed`` aborts the process. The input gradient of a
-    forward conv has exactly that shape in a dimension with kernel 2, stride 2,
-    dilation 1 and low padding 1; ungrouped convolutions of 2 or more dimensions
-    are exposed. We test the kernel/stride/dilation part only, a superset, and
-    pad explicitly there: the gradient conv then carries padding and is safe.
+    XLA (CPU, seen on jaxlib 0.10.2) swaps the operands of an ungrouped convolution
+    whose kernel is larger than its input. It keeps a spatial dimension as it is
+    when that dimension looks like a "group": window n, base dilation n, step
+    n − 1, no window dilation, no padding. It still swaps the operands, so the
+    window no longer fits the new kernel and a ``Check failed`` aborts the process.
+
+    Every convolution in the derivative tower relates the same three tensors: the
+    input X (size I), the kernel W (size K) and the output Y (size O). Y is dilated
+    by the stride s and W by the dilation d. So a "group" window is one of:
+
+    * W with (s, d) = (2, 1) and K = 2: the input gradient, at low padding 1;
+    * Y with (s, d) = (1, 2) and O = 2: a second-order derivative;
+    * X with I = s and d = I − 1, or I = d and s = I − 1 (I padded or not).
+
+    One such dimension is enough. 1-d convolutions never swap (the group
+    dimension is their only one), and grouped ones never do either.
     """
     if groups != 1 or len(kernel) < 2:
         return False
-    return any(k == 2 and s == 2 and d == 1 for k, s, d in zip(kernel, stride, dilation))
+    for i, k, s, d, (lo, hi) in zip(spatial, kernel, stride, dilation, pads):
+        o = (i + lo + hi - d * (k - 1) - 1) // s + 1
+        if (s, d) == (2, 1) and k == 2 and lo >= 1:
+            return True
+        if (s, d) == (1, 2) and o == 2:
+            return True
+        for n in (i, i + lo + hi):
+            if n >= 2 and ((s, d) == (n, n - 1) or (d, s) == (n, n - 1)):
+                return True
+    return False
 
 
 def conv(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
@@ -43,20 +59,22 @@ def conv(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
     if spec.transposed:
         raise NotImplementedError("transposed convolutions are not lowered yet")
     nd = x.ndim - 2
-    pads = spec.pads
-    if any(lo or hi for lo, hi in pads) and swap_hazard(
-        w.shape[2:], spec.stride, spec.dilation, spec.groups
-    ):
-        x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] * 2 + [(lo, hi, 0) for lo, hi in pads])
-        pads = ((0, 0),) * nd
-    return lax.conv_general_dilated(
+    groups = spec.groups
+    guard = swap_hazard(x.shape[2:], w.shape[2:], spec.stride, spec.dilation, spec.pads, groups)
+    if guard:
+        # Two identical feature groups: XLA never swaps a grouped convolution, and the
+        # convolutions autodiff derives from this one stay grouped through second
+        # order. The second copy's output is dropped, so its gradients are exact zeros.
+        x, w, groups = jnp.concatenate([x, x], axis=1), jnp.concatenate([w, w], axis=0), 2
+    y = lax.conv_general_dilated(
         x,
         w,
         window_strides=spec.stride,
-        padding=pads,
+        padding=spec.pads,
         rhs_dilation=spec.dilation,
         dimension_numbers=dimension_numbers(nd),
-        feature_group_count=spec.groups,
+        feature_group_count=groups,
         precision=spec.precision,
         preferred_element_type=spec.preferred_element_type,
     )
+    return y[:, : w.shape[0] // 2] if guard else y
