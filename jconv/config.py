@@ -217,7 +217,24 @@ _KW = dict(kw_only=True)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class ConvNd(_ConvBase):
+class _Extras(_ConvBase):
+    """The keyword-only extras every config takes, and the derived (lo, hi) pairs."""
+
+    dtype: Any = dataclasses.field(default=np.float32, **_KW)
+    compute_dtype: Any = dataclasses.field(default=None, **_KW)
+    precision: Any = dataclasses.field(default=None, **_KW)
+    preferred_element_type: Any = dataclasses.field(default=None, **_KW)
+    weight_init: Initializer | None = dataclasses.field(default=None, **_KW)
+    bias_init: Initializer | None = dataclasses.field(default=None, **_KW)
+    algorithm: str = dataclasses.field(default="auto", **_KW)
+    pads: tuple[tuple[int, int], ...] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ConvNd(_Extras):
     """An N-d convolution config; use ``Conv1d``, ``Conv2d`` or ``Conv3d``."""
 
     in_channels: int
@@ -229,19 +246,8 @@ class ConvNd(_ConvBase):
     groups: int = 1
     bias: bool = True
     padding_mode: str = "zeros"
-    dtype: Any = dataclasses.field(default=np.float32, **_KW)
-    compute_dtype: Any = dataclasses.field(default=None, **_KW)
-    precision: Any = dataclasses.field(default=None, **_KW)
-    preferred_element_type: Any = dataclasses.field(default=None, **_KW)
-    weight_init: Initializer | None = dataclasses.field(default=None, **_KW)
-    bias_init: Initializer | None = dataclasses.field(default=None, **_KW)
-    algorithm: str = dataclasses.field(default="auto", **_KW)
-    pads: tuple[tuple[int, int], ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     transposed: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        self._validate()
 
     def _normalize(self, n: int) -> None:
         self._normalize_common(n)
@@ -253,7 +259,7 @@ class ConvNd(_ConvBase):
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class ConvTransposeNd(_ConvBase):
+class ConvTransposeNd(_Extras):
     """An N-d transposed convolution config; use ``ConvTranspose1d/2d/3d``.
 
     Output size per dimension:
@@ -270,19 +276,8 @@ class ConvTransposeNd(_ConvBase):
     bias: bool = True
     dilation: int | tuple[int, ...] = 1
     padding_mode: str = "zeros"
-    dtype: Any = dataclasses.field(default=np.float32, **_KW)
-    compute_dtype: Any = dataclasses.field(default=None, **_KW)
-    precision: Any = dataclasses.field(default=None, **_KW)
-    preferred_element_type: Any = dataclasses.field(default=None, **_KW)
-    weight_init: Initializer | None = dataclasses.field(default=None, **_KW)
-    bias_init: Initializer | None = dataclasses.field(default=None, **_KW)
-    algorithm: str = dataclasses.field(default="auto", **_KW)
-    pads: tuple[tuple[int, int], ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     transposed: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        self._validate()
 
     def _normalize(self, n: int) -> None:
         self._normalize_common(n)
