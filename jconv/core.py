@@ -55,9 +55,7 @@ def _as_array(x, name: str):
 def forward(cfg, weight, bias, x, output_size=None):
     """``cfg`` applied to ``x`` (N, C_in, *sp) or (C_in, *sp) -> (N, C_out, *sp_out)."""
     x = _as_array(x, type(cfg).__name__)
-    batched = shapes.check_input(cfg, x.shape, x.dtype)
-    out_pad = shapes.resolve_output_padding(cfg, x.shape, output_size)
-    shapes.output_shape(cfg, x.shape, output_size)  # rejects empty outputs
+    batched, out_pad, _ = shapes.resolve(cfg, x.shape, output_size, x.dtype)
     _check_params(cfg, weight, bias)
     if not batched:
         x = x[None]

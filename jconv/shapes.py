@@ -147,14 +147,10 @@ def output_spatial(cfg, spatial: Sequence[int], output_padding=None) -> tuple[in
     )
 
 
-def output_shape(cfg, input_shape: Sequence[int], output_size=None) -> tuple[int, ...]:
-    """Shape of ``apply(params, x)`` for ``x.shape == input_shape``.
-
-    ``(N, C_in, *sp)`` gives ``(N, C_out, *sp_out)``; ``(C_in, *sp)`` gives
-    ``(C_out, *sp_out)``.
-    """
+def resolve(cfg, input_shape: Sequence[int], output_size=None, dtype=None):
+    """Checks an input for ``cfg``; returns ``(batched, output_padding, output shape)``."""
     shape = tuple(int(s) for s in input_shape)
-    batched = check_input(cfg, shape)
+    batched = check_input(cfg, shape, dtype)
     out_pad = resolve_output_padding(cfg, shape, output_size)
     out = output_spatial(cfg, shape[-cfg.ndim :], out_pad)
     if any(o <= 0 for o in out):
@@ -163,7 +159,16 @@ def output_shape(cfg, input_shape: Sequence[int], output_size=None) -> tuple[int
             f"calculated output size per channel is {_fmt(out)}, which is too small; "
             "use less padding or a larger input"
         )
-    return ((shape[0],) if batched else ()) + (cfg.out_channels, *out)
+    return batched, out_pad, ((shape[0],) if batched else ()) + (cfg.out_channels, *out)
+
+
+def output_shape(cfg, input_shape: Sequence[int], output_size=None) -> tuple[int, ...]:
+    """Shape of ``apply(params, x)`` for ``x.shape == input_shape``.
+
+    ``(N, C_in, *sp)`` gives ``(N, C_out, *sp_out)``; ``(C_in, *sp)`` gives
+    ``(C_out, *sp_out)``.
+    """
+    return resolve(cfg, input_shape, output_size)[2]
 
 
 def num_params(cfg) -> int:

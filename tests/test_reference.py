@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,8 +10,6 @@ import reference
 from conftest import arrays_for, jconv_grads, random_case, rel_err
 
 import jconv
-
-jax.config.update("jax_enable_x64", False)
 
 
 @pytest.mark.parametrize("seed", range(1000, 1080))
