@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
+        args = parser.parse_args(["demo", *argv])
     return args.run(args)

@@ -13,8 +13,13 @@ from jconv import config as _config
 from jconv import core
 
 
-def _build(cls, name: str, weight, bias, groups, transposed: bool, **kw):
-    n = cls.ndim
+def _build(cls, weight, bias, groups, **kw):
+    """The config that ``weight``, ``bias`` and ``groups`` describe, checked as torch does."""
+    n, transposed, name = (
+        cls.ndim,
+        cls.transposed,
+        cls.__name__.lower().replace("transpose", "_transpose"),
+    )
     wshape = tuple(np.shape(weight))
     order = (
         "(in_channels, out_channels/groups" if transposed else "(out_channels, in_channels/groups"
@@ -32,18 +37,15 @@ def _build(cls, name: str, weight, bias, groups, transposed: bool, **kw):
             f"dimension 0, but got weight of shape {list(wshape)}; weight.shape[0] must be "
             "a multiple of groups"
         )
-    if bias is not None and tuple(np.shape(bias)) != (
-        wshape[1] * groups if transposed else wshape[0],
-    ):
-        expected = wshape[1] * groups if transposed else wshape[0]
-        raise ValueError(
-            f"{name}: given weight of shape {list(wshape)}, expected bias to be 1-d with "
-            f"{expected} elements, but got bias of shape {list(np.shape(bias))}"
-        )
     if transposed:
         in_ch, out_ch = wshape[0], wshape[1] * groups
     else:
         in_ch, out_ch = wshape[1] * groups, wshape[0]
+    if bias is not None and tuple(np.shape(bias)) != (out_ch,):
+        raise ValueError(
+            f"{name}: given weight of shape {list(wshape)}, expected bias to be 1-d with "
+            f"{out_ch} elements, but got bias of shape {list(np.shape(bias))}"
+        )
     try:
         return cls(
             in_ch,
@@ -58,14 +60,13 @@ def _build(cls, name: str, weight, bias, groups, transposed: bool, **kw):
         raise type(err)(str(err).replace(f"{cls.__name__}:", f"{name}:", 1)) from None
 
 
-def _conv(cls, name, input, weight, bias, stride, padding, dilation, groups, padding_mode):
+def _conv(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    cls = {1: _config.Conv1d, 2: _config.Conv2d, 3: _config.Conv3d}[ndim]
     cfg = _build(
         cls,
-        name,
         weight,
         bias,
         groups,
-        False,
         stride=stride,
         padding=padding,
         dilation=dilation,
@@ -87,8 +88,7 @@ def conv1d(
 ) -> jax.Array:
     """input (N, C_in, L) or (C_in, L); weight (C_out, C_in/groups, k) -> (N, C_out, L_out)."""
     return _conv(
-        _config.Conv1d,
-        "conv1d",
+        1,
         input,
         weight,
         bias,
@@ -113,8 +113,7 @@ def conv2d(
 ) -> jax.Array:
     """input (N, C_in, H, W) or (C_in, H, W); weight (C_out, C_in/groups, kH, kW)."""
     return _conv(
-        _config.Conv2d,
-        "conv2d",
+        2,
         input,
         weight,
         bias,
@@ -139,8 +138,7 @@ def conv3d(
 ) -> jax.Array:
     """input (N, C_in, D, H, W) or (C_in, D, H, W); weight (C_out, C_in/groups, kD, kH, kW)."""
     return _conv(
-        _config.Conv3d,
-        "conv3d",
+        3,
         input,
         weight,
         bias,
