@@ -31,7 +31,7 @@ import numpy as np
 from jax import lax
 
 from jconv import padding as _padding
-from jconv.lowering import ALGORITHMS
+from jconv.lowering import check_algorithm
 
 Initializer = Callable[..., Any]
 
@@ -143,10 +143,7 @@ class _ConvBase:
         kernel = ntuple("kernel_size", self.kernel_size, n, minimum=1)
         stride = ntuple("stride", self.stride, n, minimum=1)
         dilation = ntuple("dilation", self.dilation, n, minimum=1)
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(
-                f"algorithm must be one of {list(ALGORITHMS)}, got algorithm={self.algorithm!r}"
-            )
+        check_algorithm(self.algorithm, self.transposed)
         self._set(
             in_channels=in_ch,
             out_channels=out_ch,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -29,6 +30,11 @@ def as_int(name: str, value: object) -> int:
     """``value`` as a Python int; bools and floats are refused."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got the bool {value!r}")
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{name} must be a concrete int, got a traced value; under jax.jit pass it "
+            f"as a static argument (static_argnames=({name.split('[')[0]!r},))"
+        )
     try:
         return operator.index(value)
     except TypeError:

@@ -85,14 +85,18 @@ def check_input(cfg, shape: Sequence[int], dtype=None) -> bool:
     return batched
 
 
-def _transposed_base(cfg, spatial: Sequence[int]) -> list[int]:
+def transposed_spatial(spatial, kernel, stride, pads, dilation, output_padding):
+    """``(in − 1)·s − lo − hi + d·(k − 1) + output_padding + 1`` per dimension."""
+    return tuple(
+        (i - 1) * s - lo - hi + d * (k - 1) + op + 1
+        for i, k, s, (lo, hi), d, op in zip(spatial, kernel, stride, pads, dilation, output_padding)
+    )
+
+
+def _transposed_base(cfg, spatial: Sequence[int]) -> tuple[int, ...]:
     """Transposed output size per dimension with output_padding 0."""
-    return [
-        (i - 1) * s - lo - hi + d * (k - 1) + 1
-        for i, s, (lo, hi), d, k in zip(
-            spatial, cfg.stride, cfg.pads, cfg.dilation, cfg.kernel_size
-        )
-    ]
+    zeros = (0,) * cfg.ndim
+    return transposed_spatial(spatial, cfg.kernel_size, cfg.stride, cfg.pads, cfg.dilation, zeros)
 
 
 def resolve_output_padding(cfg, shape: Sequence[int], output_size=None) -> tuple[int, ...]:
@@ -138,7 +142,7 @@ def output_spatial(cfg, spatial: Sequence[int], output_padding=None) -> tuple[in
     """Output spatial sizes for input spatial sizes (assumed valid)."""
     if cfg.transposed:
         op = cfg.output_padding if output_padding is None else output_padding
-        return tuple(b + o for b, o in zip(_transposed_base(cfg, spatial), op))
+        return transposed_spatial(spatial, cfg.kernel_size, cfg.stride, cfg.pads, cfg.dilation, op)
     return tuple(
         (i + lo + hi - d * (k - 1) - 1) // s + 1
         for i, (lo, hi), d, k, s in zip(

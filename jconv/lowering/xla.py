@@ -2,6 +2,8 @@
 
 It is what plain JAX code runs, with one difference: it never hands XLA a
 convolution whose derivatives abort the process (see :func:`swap_hazard`).
+A transposed convolution is guarded by asking the same question about the
+forward convolution whose input gradient it is.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from jconv import shapes
 from jconv.lowering import ConvSpec
 
 _SPATIAL = "DHW"
@@ -56,8 +59,6 @@ def swap_hazard(spatial, kernel, stride, dilation, pads, groups: int) -> bool:
 
 def conv(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
     """Forward convolution of batched ``x`` (N, C, *sp) with ``w`` (O, C/g, *k)."""
-    if spec.transposed:
-        raise NotImplementedError("transposed convolutions are not lowered yet")
     nd = x.ndim - 2
     groups = spec.groups
     guard = swap_hazard(x.shape[2:], w.shape[2:], spec.stride, spec.dilation, spec.pads, groups)
@@ -71,6 +72,47 @@ def conv(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
         w,
         window_strides=spec.stride,
         padding=spec.pads,
+        rhs_dilation=spec.dilation,
+        dimension_numbers=dimension_numbers(nd),
+        feature_group_count=groups,
+        precision=spec.precision,
+        preferred_element_type=spec.preferred_element_type,
+    )
+    return y[:, : w.shape[0] // 2] if guard else y
+
+
+def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
+    """torch's transposed convolution of ``x`` (N, C_in, *sp) with ``w`` (C_in, C_out/g, *k).
+
+    What ``lax.conv_transpose`` computes: ``x`` dilated by the stride, padded by
+    ``d·(k − 1) − pad`` (plus ``output_padding`` high), convolved with the flipped
+    kernel whose in/out axes are swapped within each group.
+
+    torch's weight is the weight of the forward convolution C_out -> C_in whose
+    input gradient this is, so the crash guard asks :func:`swap_hazard` about that
+    forward convolution: its input is our output and its padding is
+    ``(lo, hi − output_padding)``.
+    """
+    nd, kernel, groups = x.ndim - 2, w.shape[2:], spec.groups
+    cin, per_group = w.shape[:2]
+    out = shapes.transposed_spatial(
+        x.shape[2:], kernel, spec.stride, spec.pads, spec.dilation, spec.output_padding
+    )
+    forward_pads = tuple((lo, hi - op) for (lo, hi), op in zip(spec.pads, spec.output_padding))
+    guard = swap_hazard(out, kernel, spec.stride, spec.dilation, forward_pads, groups)
+    w = w.reshape(groups, cin // groups, per_group, *kernel).swapaxes(1, 2)
+    w = jnp.flip(w.reshape(groups * per_group, cin // groups, *kernel), range(2, nd + 2))
+    if guard:  # as in conv(): two identical groups, keep the first
+        x, w, groups = jnp.concatenate([x, x], axis=1), jnp.concatenate([w, w], axis=0), 2
+    y = lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=(1,) * nd,
+        padding=[
+            (d * (k - 1) - lo, d * (k - 1) - hi + op)
+            for k, d, (lo, hi), op in zip(kernel, spec.dilation, spec.pads, spec.output_padding)
+        ],
+        lhs_dilation=spec.stride,
         rhs_dilation=spec.dilation,
         dimension_numbers=dimension_numbers(nd),
         feature_group_count=groups,
