@@ -11,6 +11,7 @@ import numpy as np
 
 from jconv import config as _config
 from jconv import core
+from jconv import padding as _padding
 
 
 def _build(cls, weight, bias, groups, **kw):
@@ -29,7 +30,11 @@ def _build(cls, weight, bias, groups, **kw):
             f"{name}: weight must be {n + 2}-d {order}, *kernel_size), got a weight of "
             f"shape {list(wshape)}"
         )
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
+    try:
+        groups = _padding.as_int("groups", groups)
+    except TypeError as err:
+        raise TypeError(f"{name}: {err}") from None
+    if groups <= 0:
         raise ValueError(f"{name}: groups must be a positive integer, got groups={groups!r}")
     if wshape[0] % groups:
         raise ValueError(
@@ -147,4 +152,46 @@ def conv3d(
         dilation,
         groups,
         padding_mode,
+    )
+
+
+def _conv_transpose(ndim, input, weight, bias, stride, padding, output_padding, groups, dilation):
+    cls = {1: _config.ConvTranspose1d, 2: _config.ConvTranspose2d, 3: _config.ConvTranspose3d}
+    cfg = _build(
+        cls[ndim],
+        weight,
+        bias,
+        groups,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+    )
+    return core.forward(cfg, weight, bias, input)
+
+
+def conv_transpose1d(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+) -> jax.Array:
+    """input (N, C_in, L) or (C_in, L); weight (C_in, C_out/groups, k) -> (N, C_out, L_out)."""
+    return _conv_transpose(
+        1, input, weight, bias, stride, padding, output_padding, groups, dilation
+    )
+
+
+def conv_transpose2d(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+) -> jax.Array:
+    """input (N, C_in, H, W) or (C_in, H, W); weight (C_in, C_out/groups, kH, kW)."""
+    return _conv_transpose(
+        2, input, weight, bias, stride, padding, output_padding, groups, dilation
+    )
+
+
+def conv_transpose3d(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1
+) -> jax.Array:
+    """input (N, C_in, D, H, W) or (C_in, D, H, W); weight (C_in, C_out/groups, kD, kH, kW)."""
+    return _conv_transpose(
+        3, input, weight, bias, stride, padding, output_padding, groups, dilation
     )
