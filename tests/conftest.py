@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 import jconv  # noqa: E402
 
 CONV = {1: jconv.Conv1d, 2: jconv.Conv2d, 3: jconv.Conv3d}
+CONV_T = {1: jconv.ConvTranspose1d, 2: jconv.ConvTranspose2d, 3: jconv.ConvTranspose3d}
 
 
 def pytest_configure(config):
@@ -32,13 +33,20 @@ class Case:
     jit: bool
     seed: int
     extra: dict = field(default_factory=dict)
+    transposed: bool = False
 
-    def cfg(self):
-        return CONV[self.ndim](**self.kwargs)
+    @property
+    def output_size(self):
+        return self.extra.get("output_size")
+
+    def cfg(self, **extras):
+        return (CONV_T if self.transposed else CONV)[self.ndim](**self.kwargs, **extras)
 
     def __str__(self):
         kw = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"Conv{self.ndim}d({kw}) x{list(self.shape)} jit={self.jit}"
+        name = f"ConvTranspose{self.ndim}d" if self.transposed else f"Conv{self.ndim}d"
+        size = f" output_size={self.output_size}" if self.output_size is not None else ""
+        return f"{name}({kw}) x{list(self.shape)}{size} jit={self.jit}"
 
 
 def _padding_form(rng: random.Random, n: int, k, d, stride):
@@ -111,6 +119,65 @@ def random_case(seed: int) -> Case:
     )
 
 
+def random_transposed_case(seed: int) -> Case:
+    """A random valid ConvTranspose{1,2,3}d config and input, output_size included."""
+    rng = random.Random(seed)
+    n = rng.choice([1, 1, 2, 2, 2, 3])
+    kind = rng.choice(["dense", "dense", "grouped", "depthwise"])
+    if kind == "dense":
+        groups, cin, cout = 1, rng.randint(1, 4), rng.randint(1, 4)
+    elif kind == "grouped":
+        groups = rng.choice([2, 3])
+        cin, cout = groups * rng.randint(1, 2), groups * rng.randint(1, 2)
+    else:
+        groups = cin = cout = rng.randint(2, 4)
+    k = tuple(rng.randint(1, {1: 5, 2: 4, 3: 3}[n]) for _ in range(n))
+    d = tuple(rng.choice([1, 1, 2]) for _ in range(n))
+    stride = tuple(rng.choice([1, 2, 2, 3]) for _ in range(n))
+    form = rng.choice(["int", "tuple", "tuple", "pairs"])
+    if form == "int":
+        p = rng.randint(0, 2)
+        padding, pairs = p, [(p, p)] * n
+    elif form == "tuple":
+        padding = tuple(rng.randint(0, 2) for _ in range(n))
+        pairs = [(v, v) for v in padding]
+    else:
+        padding = tuple((rng.randint(0, 2), rng.randint(0, 2)) for _ in range(n))
+        pairs = list(padding)
+    out_pad = tuple(rng.randint(0, max(s, di) - 1) for s, di in zip(stride, d))
+    spatial = []
+    for ki, di, s, (lo, hi) in zip(k, d, stride, pairs):
+        # smallest input whose output is non-empty even without output_padding
+        low = max(1, -(-(lo + hi - di * (ki - 1)) // s) + 1)
+        spatial.append(rng.randint(low, low + {1: 6, 2: 4, 3: 2}[n]))
+    batched = rng.random() < 0.75
+    shape = ((rng.randint(1, 2),) if batched else ()) + (cin, *spatial)
+    extra = {"pairs": pairs}
+    if form != "pairs" and rng.random() < 0.3:
+        # torch's forward(output_size=): any size within the stride's range
+        base = [
+            (i - 1) * s - lo - hi + di * (ki - 1) + 1
+            for i, s, (lo, hi), di, ki in zip(spatial, stride, pairs, d, k)
+        ]
+        size = [b + rng.randint(0, s - 1) for b, s in zip(base, stride)]
+        extra["output_size"] = tuple(shape[:-n] + tuple(size)) if rng.random() < 0.5 else size
+        out_pad = 0
+    kwargs = dict(
+        in_channels=cin,
+        out_channels=cout,
+        kernel_size=k if rng.random() < 0.7 else (k[0] if len(set(k)) == 1 else k),
+        stride=stride,
+        padding=padding,
+        output_padding=out_pad,
+        groups=groups,
+        bias=rng.random() < 0.7,
+        dilation=d,
+    )
+    return Case(
+        n, kwargs, shape, batched, jit=rng.random() < 0.5, seed=seed, extra=extra, transposed=True
+    )
+
+
 def arrays_for(case: Case, cfg=None):
     """Deterministic float32 input, weight, bias and output cotangent for ``case``."""
     cfg = cfg or case.cfg()
@@ -118,7 +185,7 @@ def arrays_for(case: Case, cfg=None):
     x = rs.standard_normal(case.shape).astype(np.float32)
     w = rs.standard_normal(cfg.weight_shape).astype(np.float32)
     b = rs.standard_normal(cfg.bias_shape).astype(np.float32) if cfg.bias else None
-    out = jconv.output_shape(cfg, case.shape)
+    out = jconv.output_shape(cfg, case.shape, case.output_size)
     gy = rs.standard_normal(out).astype(np.float32)
     return x, w, b, gy
 
@@ -132,11 +199,11 @@ def rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-6))
 
 
-def jconv_grads(cfg, x, w, b, gy, jit: bool):
+def jconv_grads(cfg, x, w, b, gy, jit: bool, output_size=None):
     """jconv's output and (dx, dw, db) of ``sum(y * gy)``."""
 
     def f(x, w, b):
-        return jconv.apply(jconv.Params(w, b, cfg), x)
+        return jconv.apply(jconv.Params(w, b, cfg), x, output_size)
 
     def run(x, w, b, gy):
         y, vjp = jax.vjp(f, x, w, b)

@@ -55,3 +55,30 @@ def conv_with_grads(ndim, kwargs, pairs, x, w, b, gy):
     grads = [xt.grad, wt.grad, bt.grad if bt is not None else None]
     out = [y.detach().numpy()] + [g.numpy() if g is not None else None for g in grads]
     return out
+
+
+_MODULE_T = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}
+
+
+def conv_transpose_with_grads(ndim, kwargs, pairs, x, w, b, gy, output_size=None):
+    """torch's ConvTranspose output and (dx, dw, db) of ``sum(y * gy)``.
+
+    (lo, hi) pairs, which torch's module does not take, run with padding 0 and a
+    crop of lo and hi elements: that is what torch's padding means.
+    """
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.nn.Parameter(torch.tensor(w))
+    bt = torch.nn.Parameter(torch.tensor(b)) if b is not None else None
+    kw = dict(kwargs)
+    paired = isinstance(kw["padding"], tuple) and any(isinstance(v, tuple) for v in kw["padding"])
+    if paired:
+        kw["padding"] = 0
+    mod = _MODULE_T[ndim](**kw)
+    mod.weight, mod.bias = wt, bt
+    y = mod(xt, output_size=list(output_size) if output_size is not None else None)
+    if paired:
+        crop = tuple(slice(lo, y.shape[-ndim + i] - hi) for i, (lo, hi) in enumerate(pairs))
+        y = y[(Ellipsis,) + crop]
+    (y * torch.tensor(gy)).sum().backward()
+    grads = [xt.grad, wt.grad, bt.grad if bt is not None else None]
+    return [y.detach().numpy()] + [g.numpy() if g is not None else None for g in grads]
