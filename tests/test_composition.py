@@ -20,6 +20,12 @@ CONFIGS = [
     jconv.Conv3d(2, 2, (2, 3, 2), stride=(1, 2, 1), padding=(1, 0, 1), dilation=(1, 1, 2)),
     # the class that aborts XLA with plain lax (see tests/test_crash.py)
     jconv.Conv2d(1, 1, (2, 4), stride=2, padding=(1, 0), dilation=(1, 2)),
+    # transposed, on both lowerings
+    jconv.ConvTranspose1d(3, 2, 4, stride=2, padding=1, output_padding=1, dilation=2),
+    jconv.ConvTranspose2d(4, 6, 3, stride=2, padding=(1, 0), output_padding=1, groups=2),
+    jconv.ConvTranspose2d(4, 6, 3, stride=2, padding=(1, 0), output_padding=1, algorithm="xla"),
+    jconv.ConvTranspose3d(2, 2, (2, 3, 2), stride=(2, 1, 3), padding=((1, 0), (0, 1), (0, 0))),
+    jconv.ConvTranspose2d(1, 2, (2, 4), stride=2, padding=1, output_padding=(0, 1)),  # crash class
 ]
 SHAPES = [
     (2, 3, 9),
@@ -29,6 +35,11 @@ SHAPES = [
     (2, 2, 4, 5),
     (1, 2, 4, 5, 6),
     (1, 1, 6, 9),
+    (2, 3, 5),
+    (2, 4, 4, 5),
+    (2, 4, 4, 5),
+    (1, 2, 3, 4, 3),
+    (1, 1, 3, 2),
 ]
 
 

@@ -28,6 +28,17 @@ CRASHERS = [
     (3, (5, 4, 1), (1, 2, 1), ((1, 1), (1, 3), (2, 1)), (2, 2, 1), (1, 1, 8, 6, 5)),
 ]
 
+# (ndim, kernel, stride, padding, output_padding, dilation, out_channels, input shape):
+# transposed convolutions whose plain-lax forward (input-dilated) already aborts
+TRANSPOSED_CRASHERS = [
+    (2, (2, 4), (2, 2), (1, 1), (0, 1), (1, 1), 2, (1, 1, 3, 2)),
+    (2, (2, 4), (2, 1), (1, 1), (0, 0), (1, 1), 2, (1, 1, 5, 2)),
+    (2, (5, 2), (1, 2), (0, 1), (0, 0), (1, 1), 1, (1, 1, 2, 3)),
+    (3, (3, 3, 2), (2, 2, 2), (0, 0, 1), (0, 0, 0), (2, 1, 1), 1, (1, 1, 1, 1, 5)),
+    (3, (2, 2, 4), (2, 1, 2), (1, 0, 1), (0, 0, 0), (1, 1, 2), 2, (1, 1, 5, 2, 1)),
+    (3, (2, 2, 2), (1, 1, 2), (1, 1, 1), (0, 0, 0), (2, 2, 1), 1, (1, 1, 1, 1, 5)),
+]
+
 SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -78,10 +89,56 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(cases, mode):
+SCRIPT_T = textwrap.dedent(
+    """
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax import lax
+    import jconv
+    sys.path.insert(0, sys.argv[3])
+    import reference
+    cases, plain = json.loads(sys.argv[1]), sys.argv[2] == "plain"
+    for nd, k, s, p, op, d, cout, shape in cases:
+        cls = {2: jconv.ConvTranspose2d, 3: jconv.ConvTranspose3d}[nd]
+        cfg = cls(shape[1], cout, k, s, p, op, 1, True, d, algorithm="xla")
+        params = jconv.init(jax.random.key(0), cfg)
+        x = jax.random.normal(jax.random.key(1), shape)
+        sp = "DHW"[3 - nd:]
+
+        def apply(p, x):
+            if not plain:
+                return jconv.apply(p, x)
+            pads = [(di * (ki - 1) - lo, di * (ki - 1) - hi + o)
+                    for ki, di, (lo, hi), o in zip(cfg.kernel_size, cfg.dilation, cfg.pads,
+                                                   cfg.output_padding)]
+            y = lax.conv_transpose(x, p.weight, cfg.stride, pads, rhs_dilation=cfg.dilation,
+                                   dimension_numbers=("NC" + sp, "OI" + sp, "NC" + sp),
+                                   transpose_kernel=True)
+            return y + p.bias.reshape((-1,) + (1,) * nd)
+
+        loss = lambda p, x: jnp.sum(apply(p, x) ** 2)
+        y = jax.jit(apply)(params, x)
+        gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+        jax.grad(loss, argnums=1)(params, x).block_until_ready()  # eager too
+        hx = jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(loss)(params, x).weight ** 2)))(x)
+        hw = jax.jit(jax.grad(lambda p: jnp.sum(jax.grad(loss, argnums=1)(p, x) ** 2)))(params)
+        eps, v = 1e-2, jax.random.normal(jax.random.key(2), x.shape)
+        fd = (loss(params, x + eps * v) - loss(params, x - eps * v)) / (2 * eps)
+        assert abs(fd - jnp.vdot(gx, v)) <= 2e-2 * (1 + abs(fd)), (fd, jnp.vdot(gx, v))
+        want = reference.conv_transpose(x, np.asarray(params.weight), params.bias, cfg.stride,
+                                        cfg.pads, cfg.dilation, 1, cfg.output_padding)
+        err = np.max(np.abs(np.asarray(y) - want)) / max(np.max(np.abs(want)), 1e-6)
+        assert err < 2e-5, err
+        print("ok", nd, k, flush=True)
+    print("all done")
+    """
+)
+
+
+def _run(cases, mode, script=SCRIPT):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(cases), mode, os.path.dirname(__file__)],
+        [sys.executable, "-c", script, json.dumps(cases), mode, os.path.dirname(__file__)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -114,6 +171,41 @@ def test_jconv_survives_every_known_crasher():
 def test_plain_lax_really_aborts_on_these(case):
     """The control: without jconv's routing the same derivatives kill the process."""
     proc = _run([case], "plain")
+    if proc.returncode == 0:
+        pytest.skip("this XLA build no longer aborts on plain lax; jconv's routing is harmless")
+    assert proc.returncode in (-6, 134), proc.stderr[-2000:]
+    assert "Check failed" in proc.stderr
+
+
+def test_the_hazard_predicate_covers_every_transposed_crasher():
+    from jconv import ConvTranspose2d, ConvTranspose3d
+    from jconv.lowering.xla import swap_hazard
+    from jconv.shapes import output_spatial
+
+    for nd, k, s, p, op, d, cout, shape in TRANSPOSED_CRASHERS:
+        cls = {2: ConvTranspose2d, 3: ConvTranspose3d}[nd]
+        cfg = cls(shape[1], cout, k, s, p, op, 1, True, d)
+        out = output_spatial(cfg, shape[2:])
+        pads = [(lo, hi - o) for (lo, hi), o in zip(cfg.pads, cfg.output_padding)]
+        assert swap_hazard(out, cfg.kernel_size, cfg.stride, cfg.dilation, pads, 1)
+    # a DCGAN-style upsampling layer stays on the plain path
+    assert not swap_hazard((16, 16), (4, 4), (2, 2), (1, 1), ((1, 1), (1, 1)), 1)
+
+
+def test_jconv_survives_every_known_transposed_crasher():
+    proc = _run(TRANSPOSED_CRASHERS, "jconv", SCRIPT_T)
+    assert proc.returncode == 0 and "all done" in proc.stdout, (
+        f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    )
+    assert proc.stdout.count("ok ") == len(TRANSPOSED_CRASHERS)
+
+
+@pytest.mark.parametrize(
+    "case", TRANSPOSED_CRASHERS, ids=[f"case{i}" for i in range(len(TRANSPOSED_CRASHERS))]
+)
+def test_plain_lax_conv_transpose_really_aborts_on_these(case):
+    """The control: ``lax.conv_transpose``, as a JAX user writes it, kills the process."""
+    proc = _run([case], "plain", SCRIPT_T)
     if proc.returncode == 0:
         pytest.skip("this XLA build no longer aborts on plain lax; jconv's routing is harmless")
     assert proc.returncode in (-6, 134), proc.stderr[-2000:]

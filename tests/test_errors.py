@@ -307,6 +307,116 @@ CATALOGUE = [
         ValueError,
         ["to have 3 channels, but got 2"],
     ),
+    # --- transposed
+    (
+        "output_padding not below stride or dilation",
+        lambda: jconv.ConvTranspose2d(1, 1, 3, stride=2, output_padding=2),
+        ValueError,
+        ["output padding must be smaller than either stride or dilation", "(2, 2)"],
+    ),
+    (
+        "negative output_padding",
+        lambda: jconv.ConvTranspose1d(1, 1, 3, stride=2, output_padding=-1),
+        ValueError,
+        ["output_padding", "output_padding=-1"],
+    ),
+    (
+        "transposed groups not dividing in_channels",
+        lambda: jconv.ConvTranspose2d(3, 4, 3, groups=2),
+        ValueError,
+        ["ConvTranspose2d", "in_channels=3", "groups=2"],
+    ),
+    (
+        "transposed string padding",
+        lambda: jconv.ConvTranspose2d(1, 1, 3, padding="same"),
+        ValueError,
+        ["padding='same'", "transposed", "ints"],
+    ),
+    (
+        "transposed padding mode",
+        lambda: jconv.ConvTranspose3d(1, 1, 3, padding_mode="reflect"),
+        ValueError,
+        ['Only "zeros" padding mode', "ConvTranspose3d", "'reflect'"],
+    ),
+    (
+        "subpixel on a forward conv",
+        lambda: jconv.Conv2d(1, 1, 3, algorithm="subpixel"),
+        ValueError,
+        ["algorithm='subpixel'", "transposed"],
+    ),
+    (
+        "output_size out of range",
+        lambda: _apply(
+            jconv.ConvTranspose2d(1, 1, 3, stride=2, padding=1), (1, 1, 4, 4), output_size=(9, 9)
+        ),
+        ValueError,
+        ["(9, 9)", "from (7, 7) to (8, 8)"],
+    ),
+    (
+        "output_size of the wrong length",
+        lambda: _apply(
+            jconv.ConvTranspose2d(1, 1, 3, stride=2), (1, 1, 4, 4), output_size=(9, 9, 9)
+        ),
+        ValueError,
+        ["output_size", "2 or 4 elements", "got 3"],
+    ),
+    (
+        "output_size not ints",
+        lambda: _apply(jconv.ConvTranspose1d(1, 1, 3, stride=2), (1, 1, 4), output_size=9.0),
+        TypeError,
+        ["output_size", "9.0"],
+    ),
+    (
+        "transposed output empty",
+        lambda: _apply(jconv.ConvTranspose2d(1, 1, 3, padding=3), (1, 1, 1, 1)),
+        ValueError,
+        ["(1 x 1)", "(-3 x -3)", "too small"],
+    ),
+    (
+        "transposed empty input",
+        lambda: _apply(jconv.ConvTranspose2d(1, 1, 3), (1, 1, 0, 3)),
+        ValueError,
+        ["(0 x 3)", "empty"],
+    ),
+    (
+        "transposed wrong channels",
+        lambda: _apply(jconv.ConvTranspose2d(3, 4, 3), (1, 2, 5, 5)),
+        ValueError,
+        ["weight of shape [3, 4, 3, 3]", "to have 3 channels, but got 2"],
+    ),
+    (
+        "a conv weight loaded into a transposed config",
+        lambda: jconv.load_state_dict(
+            jconv.ConvTranspose2d(2, 4, 3),
+            {"weight": np.zeros((4, 2, 3, 3)), "bias": np.zeros(4)},
+        ),
+        ValueError,
+        ["size mismatch for weight", "(4, 2, 3, 3)", "(2, 4, 3, 3)"],
+    ),
+    (
+        "functional transposed weight rank",
+        lambda: F.conv_transpose2d(jnp.zeros((1, 2, 5, 5)), jnp.zeros((2, 3, 3))),
+        ValueError,
+        ["conv_transpose2d", "(in_channels, out_channels/groups", "[2, 3, 3]"],
+    ),
+    (
+        "functional transposed bias size",
+        lambda: F.conv_transpose2d(jnp.zeros((1, 2, 5, 5)), jnp.zeros((2, 3, 3, 3)), jnp.zeros(2)),
+        ValueError,
+        ["conv_transpose2d", "3 elements", "[2]"],
+    ),
+    (
+        "functional output_padding with stride 1",
+        lambda: F.conv_transpose1d(jnp.zeros((1, 2, 5)), jnp.zeros((2, 3, 3)), output_padding=1),
+        ValueError,
+        ["conv_transpose1d:", "output padding must be smaller"],
+    ),
+    (
+        "functional groups traced under jit",
+        lambda: jax.jit(F.conv_transpose1d)(jnp.zeros((1, 2, 5)), jnp.zeros((2, 3, 3)), groups=1),
+        TypeError,
+        ["groups", "static"],
+    ),
     # --- load_state_dict
     (
         "state_dict with a wrong shape",
