@@ -47,6 +47,9 @@ def test_notebook_runs_on_a_fresh_kernel(path):
     if path.name.startswith("01_"):
         assert "expected input[1, 2, 5, 5] to have 3 channels, but got 2 channels instead" in text
         assert "jconv.output_shape: (1, 1, 3, 3)" in text
+        # the ConvTranspose2d section: output_padding and output_size resolve 7 vs 8
+        assert "up, output_padding=1:   (1, 1, 8, 8)" in text
+        assert "valid sizes range from (7, 7) to (8, 8)" in text
         assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
 
 
