@@ -65,10 +65,15 @@ def _build(cls, weight, bias, groups, **kw):
         raise type(err)(str(err).replace(f"{cls.__name__}:", f"{name}:", 1)) from None
 
 
+def _run(cls, input, weight, bias, groups, **kw):
+    return core.forward(_build(cls, weight, bias, groups, **kw), weight, bias, input)
+
+
 def _conv(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode):
     cls = {1: _config.Conv1d, 2: _config.Conv2d, 3: _config.Conv3d}[ndim]
-    cfg = _build(
+    return _run(
         cls,
+        input,
         weight,
         bias,
         groups,
@@ -77,7 +82,6 @@ def _conv(ndim, input, weight, bias, stride, padding, dilation, groups, padding_
         dilation=dilation,
         padding_mode=padding_mode,
     )
-    return core.forward(cfg, weight, bias, input)
 
 
 def conv1d(
@@ -157,8 +161,9 @@ def conv3d(
 
 def _conv_transpose(ndim, input, weight, bias, stride, padding, output_padding, groups, dilation):
     cls = {1: _config.ConvTranspose1d, 2: _config.ConvTranspose2d, 3: _config.ConvTranspose3d}
-    cfg = _build(
+    return _run(
         cls[ndim],
+        input,
         weight,
         bias,
         groups,
@@ -167,7 +172,6 @@ def _conv_transpose(ndim, input, weight, bias, stride, padding, output_padding, 
         output_padding=output_padding,
         dilation=dilation,
     )
-    return core.forward(cfg, weight, bias, input)
 
 
 def conv_transpose1d(

@@ -74,19 +74,27 @@ def _padding_form(rng: random.Random, n: int, k, d, stride):
     return "same", [(t // 2, t - t // 2) for t in tot]
 
 
+def _channels(rng: random.Random) -> tuple[int, int, int]:
+    """(groups, in_channels, out_channels): dense, grouped or depthwise (multiplier 1 or 2)."""
+    kind = rng.choice(["dense", "dense", "grouped", "depthwise"])
+    if kind == "dense":
+        return 1, rng.randint(1, 4), rng.randint(1, 4)
+    if kind == "grouped":
+        groups = rng.choice([2, 3])
+        return groups, groups * rng.randint(1, 2), groups * rng.randint(1, 2)
+    groups = rng.randint(2, 4)
+    return groups, groups, groups * rng.choice([1, 2])
+
+
+def _kernel_form(rng: random.Random, k: tuple[int, ...]):
+    """The kernel as a tuple, or as one int when it is square (as torch users write it)."""
+    return k if rng.random() < 0.7 else (k[0] if len(set(k)) == 1 else k)
+
+
 def random_case(seed: int) -> Case:
     """A random valid Conv{1,2,3}d config and input, covering every option."""
     rng = random.Random(seed)
-    n = rng.choice([1, 1, 2, 2, 2, 3])
-    kind = rng.choice(["dense", "dense", "grouped", "depthwise"])
-    if kind == "dense":
-        groups, cin, cout = 1, rng.randint(1, 4), rng.randint(1, 4)
-    elif kind == "grouped":
-        groups = rng.choice([2, 3])
-        cin, cout = groups * rng.randint(1, 2), groups * rng.randint(1, 2)
-    else:
-        groups = cin = rng.randint(2, 4)
-        cout = cin * rng.choice([1, 2])
+    n, (groups, cin, cout) = rng.choice([1, 1, 2, 2, 2, 3]), _channels(rng)
     kmax = {1: 5, 2: 4, 3: 3}[n]
     k = tuple(rng.randint(1, kmax) for _ in range(n))
     d = tuple(rng.choice([1, 1, 2]) for _ in range(n))
@@ -106,7 +114,7 @@ def random_case(seed: int) -> Case:
     kwargs = dict(
         in_channels=cin,
         out_channels=cout,
-        kernel_size=k if rng.random() < 0.7 else (k[0] if len(set(k)) == 1 else k),
+        kernel_size=_kernel_form(rng, k),
         stride=stride,
         padding=padding,
         dilation=d,
@@ -122,15 +130,7 @@ def random_case(seed: int) -> Case:
 def random_transposed_case(seed: int) -> Case:
     """A random valid ConvTranspose{1,2,3}d config and input, output_size included."""
     rng = random.Random(seed)
-    n = rng.choice([1, 1, 2, 2, 2, 3])
-    kind = rng.choice(["dense", "dense", "grouped", "depthwise"])
-    if kind == "dense":
-        groups, cin, cout = 1, rng.randint(1, 4), rng.randint(1, 4)
-    elif kind == "grouped":
-        groups = rng.choice([2, 3])
-        cin, cout = groups * rng.randint(1, 2), groups * rng.randint(1, 2)
-    else:
-        groups = cin = cout = rng.randint(2, 4)
+    n, (groups, cin, cout) = rng.choice([1, 1, 2, 2, 2, 3]), _channels(rng)
     k = tuple(rng.randint(1, {1: 5, 2: 4, 3: 3}[n]) for _ in range(n))
     d = tuple(rng.choice([1, 1, 2]) for _ in range(n))
     stride = tuple(rng.choice([1, 2, 2, 3]) for _ in range(n))
@@ -165,7 +165,7 @@ def random_transposed_case(seed: int) -> Case:
     kwargs = dict(
         in_channels=cin,
         out_channels=cout,
-        kernel_size=k if rng.random() < 0.7 else (k[0] if len(set(k)) == 1 else k),
+        kernel_size=_kernel_form(rng, k),
         stride=stride,
         padding=padding,
         output_padding=out_pad,

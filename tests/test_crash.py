@@ -39,15 +39,36 @@ TRANSPOSED_CRASHERS = [
     (3, (2, 2, 2), (1, 1, 2), (1, 1, 1), (0, 0, 0), (2, 2, 1), 1, (1, 1, 1, 1, 5)),
 ]
 
-SCRIPT = textwrap.dedent(
+# Shared by both scripts: the derivative tower of ``apply`` and a finite-difference check.
+_HEAD = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax import lax
+import jconv
+sys.path.insert(0, sys.argv[3])
+import reference
+cases, plain = json.loads(sys.argv[1]), sys.argv[2] == "plain"
+
+
+def tower(apply, params, x):
+    loss = lambda p, x: jnp.sum(apply(p, x) ** 2)
+    jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    gx = jax.grad(loss, argnums=1)(params, x).block_until_ready()  # eager too
+    jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(loss)(params, x).weight ** 2)))(x)
+    jax.jit(jax.grad(lambda p: jnp.sum(jax.grad(loss, argnums=1)(p, x) ** 2)))(params)
+    jax.jacfwd(lambda x: apply(params, x).ravel()[:4])(x)
+    # the routing changes no number: compare with a central finite difference
+    eps, v = 1e-2, jax.random.normal(jax.random.key(2), x.shape)
+    fd = (loss(params, x + eps * v) - loss(params, x - eps * v)) / (2 * eps)
+    assert abs(fd - jnp.vdot(gx, v)) <= 2e-2 * (1 + abs(fd)), (fd, jnp.vdot(gx, v))
+
+
+def rel(got, want):
+    return np.max(np.abs(np.asarray(got) - want)) / max(np.max(np.abs(want)), 1e-6)
+"""
+
+SCRIPT = _HEAD + textwrap.dedent(
     """
-    import json, sys
-    import jax, jax.numpy as jnp, numpy as np
-    from jax import lax
-    import jconv
-    sys.path.insert(0, sys.argv[3])
-    import reference
-    cases, plain = json.loads(sys.argv[1]), sys.argv[2] == "plain"
     for nd, k, s, p, d, shape in cases:
         cls = {1: jconv.Conv1d, 2: jconv.Conv2d, 3: jconv.Conv3d}[nd]
         p = tuple(tuple(v) for v in p) if isinstance(p, list) and isinstance(p[0], list) else p
@@ -63,16 +84,7 @@ SCRIPT = textwrap.dedent(
                                          dimension_numbers=("NC" + sp, "OI" + sp, "NC" + sp))
             return y + p.bias.reshape((-1,) + (1,) * nd)
 
-        loss = lambda p, x: jnp.sum(apply(p, x) ** 2)
-        gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
-        jax.grad(loss, argnums=1)(params, x).block_until_ready()  # eager too
-        hx = jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(loss)(params, x).weight ** 2)))(x)
-        hw = jax.jit(jax.grad(lambda p: jnp.sum(jax.grad(loss, argnums=1)(p, x) ** 2)))(params)
-        jf = jax.jacfwd(lambda x: apply(params, x).ravel()[:4])(x)
-        # the routing changes no number: compare with a central finite difference
-        eps, v = 1e-2, jax.random.normal(jax.random.key(2), x.shape)
-        fd = (loss(params, x + eps * v) - loss(params, x - eps * v)) / (2 * eps)
-        assert abs(fd - jnp.vdot(gx, v)) <= 2e-2 * (1 + abs(fd)), (fd, jnp.vdot(gx, v))
+        tower(apply, params, x)
         if not plain:  # and equals the float64 NumPy reference, forward and gradients
             y, vjp = jax.vjp(lambda x, w: apply(jconv.Params(w, params.bias, cfg), x), x, params.weight)
             g = jnp.ones_like(y)
@@ -81,23 +93,14 @@ SCRIPT = textwrap.dedent(
             ry = reference.conv(x, w64, params.bias, cfg.stride, cfg.pads, cfg.dilation, 1)
             rdx, rdw, _ = reference.conv_vjp(x, w64, g, cfg.stride, cfg.pads, cfg.dilation, 1)
             for got, want in ((y, ry), (dx, rdx), (dw, rdw)):
-                err = np.max(np.abs(np.asarray(got) - want)) / max(np.max(np.abs(want)), 1e-6)
-                assert err < 2e-5, err
+                assert rel(got, want) < 2e-5, rel(got, want)
         print("ok", nd, k, flush=True)
     print("all done")
     """
 )
 
-
-SCRIPT_T = textwrap.dedent(
+SCRIPT_T = _HEAD + textwrap.dedent(
     """
-    import json, sys
-    import jax, jax.numpy as jnp, numpy as np
-    from jax import lax
-    import jconv
-    sys.path.insert(0, sys.argv[3])
-    import reference
-    cases, plain = json.loads(sys.argv[1]), sys.argv[2] == "plain"
     for nd, k, s, p, op, d, cout, shape in cases:
         cls = {2: jconv.ConvTranspose2d, 3: jconv.ConvTranspose3d}[nd]
         cfg = cls(shape[1], cout, k, s, p, op, 1, True, d, algorithm="xla")
@@ -116,19 +119,11 @@ SCRIPT_T = textwrap.dedent(
                                    transpose_kernel=True)
             return y + p.bias.reshape((-1,) + (1,) * nd)
 
-        loss = lambda p, x: jnp.sum(apply(p, x) ** 2)
         y = jax.jit(apply)(params, x)
-        gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
-        jax.grad(loss, argnums=1)(params, x).block_until_ready()  # eager too
-        hx = jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(loss)(params, x).weight ** 2)))(x)
-        hw = jax.jit(jax.grad(lambda p: jnp.sum(jax.grad(loss, argnums=1)(p, x) ** 2)))(params)
-        eps, v = 1e-2, jax.random.normal(jax.random.key(2), x.shape)
-        fd = (loss(params, x + eps * v) - loss(params, x - eps * v)) / (2 * eps)
-        assert abs(fd - jnp.vdot(gx, v)) <= 2e-2 * (1 + abs(fd)), (fd, jnp.vdot(gx, v))
+        tower(apply, params, x)
         want = reference.conv_transpose(x, np.asarray(params.weight), params.bias, cfg.stride,
                                         cfg.pads, cfg.dilation, 1, cfg.output_padding)
-        err = np.max(np.abs(np.asarray(y) - want)) / max(np.max(np.abs(want)), 1e-6)
-        assert err < 2e-5, err
+        assert rel(y, want) < 2e-5, rel(y, want)
         print("ok", nd, k, flush=True)
     print("all done")
     """

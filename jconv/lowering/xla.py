@@ -57,28 +57,42 @@ def swap_hazard(spatial, kernel, stride, dilation, pads, groups: int) -> bool:
     return False
 
 
-def conv(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
-    """Forward convolution of batched ``x`` (N, C, *sp) with ``w`` (O, C/g, *k)."""
-    nd = x.ndim - 2
+def _guarded(x, w, spec: ConvSpec, guard: bool, **window) -> jnp.ndarray:
+    """One ``lax.conv_general_dilated``; with ``guard``, as two identical feature groups.
+
+    XLA never swaps a grouped convolution, and the convolutions autodiff derives from
+    this one stay grouped through second order. The second copy's output is dropped,
+    so its gradients are exact zeros.
+    """
     groups = spec.groups
-    guard = swap_hazard(x.shape[2:], w.shape[2:], spec.stride, spec.dilation, spec.pads, groups)
     if guard:
-        # Two identical feature groups: XLA never swaps a grouped convolution, and the
-        # convolutions autodiff derives from this one stay grouped through second
-        # order. The second copy's output is dropped, so its gradients are exact zeros.
         x, w, groups = jnp.concatenate([x, x], axis=1), jnp.concatenate([w, w], axis=0), 2
     y = lax.conv_general_dilated(
         x,
         w,
-        window_strides=spec.stride,
-        padding=spec.pads,
-        rhs_dilation=spec.dilation,
-        dimension_numbers=dimension_numbers(nd),
+        dimension_numbers=dimension_numbers(x.ndim - 2),
         feature_group_count=groups,
         precision=spec.precision,
         preferred_element_type=spec.preferred_element_type,
+        **window,
     )
     return y[:, : w.shape[0] // 2] if guard else y
+
+
+def conv(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
+    """Forward convolution of batched ``x`` (N, C, *sp) with ``w`` (O, C/g, *k)."""
+    guard = swap_hazard(
+        x.shape[2:], w.shape[2:], spec.stride, spec.dilation, spec.pads, spec.groups
+    )
+    return _guarded(
+        x,
+        w,
+        spec,
+        guard,
+        window_strides=spec.stride,
+        padding=spec.pads,
+        rhs_dilation=spec.dilation,
+    )
 
 
 def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
@@ -102,11 +116,11 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarra
     guard = swap_hazard(out, kernel, spec.stride, spec.dilation, forward_pads, groups)
     w = w.reshape(groups, cin // groups, per_group, *kernel).swapaxes(1, 2)
     w = jnp.flip(w.reshape(groups * per_group, cin // groups, *kernel), range(2, nd + 2))
-    if guard:  # as in conv(): two identical groups, keep the first
-        x, w, groups = jnp.concatenate([x, x], axis=1), jnp.concatenate([w, w], axis=0), 2
-    y = lax.conv_general_dilated(
+    return _guarded(
         x,
         w,
+        spec,
+        guard,
         window_strides=(1,) * nd,
         padding=[
             (d * (k - 1) - lo, d * (k - 1) - hi + op)
@@ -114,9 +128,4 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarra
         ],
         lhs_dilation=spec.stride,
         rhs_dilation=spec.dilation,
-        dimension_numbers=dimension_numbers(nd),
-        feature_group_count=groups,
-        precision=spec.precision,
-        preferred_element_type=spec.preferred_element_type,
     )
-    return y[:, : w.shape[0] // 2] if guard else y
