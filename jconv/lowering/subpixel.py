@@ -38,11 +38,14 @@ class _Axis:
                 j, r = divmod(d * t, s)
                 self.where[r].append((t, self.taps - 1 - j))
         span = self.dilation * (self.taps - 1)
-        self.first = lo // s  # first phase block the crop keeps
-        self.blocks = (lo + out - 1) // s - self.first + 1
-        self.pad_lo = span - self.first
-        self.pad_hi = self.blocks - size - self.pad_lo + span
-        self.crop = (lo - s * self.first, out)
+        first = lo // s  # first phase block the crop keeps
+        self.blocks = (lo + out - 1) // s - first + 1
+        pad_lo = span - first
+        pad_hi = self.blocks - size - pad_lo + span
+        # input rows to keep (negative pads crop) and zeros to add around them
+        self.keep = slice(max(0, -pad_lo), size + min(0, pad_hi))
+        self.zeros = (max(0, pad_lo), max(0, pad_hi))
+        self.crop = slice(lo - s * first, lo - s * first + out)
 
 
 def _tap_index(kernel: tuple[int, ...], axes: list[_Axis]) -> np.ndarray:
@@ -86,12 +89,7 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarra
     # The input window: crop where the kept blocks need less than the full input,
     # zero-pad where they need more. Padding explicitly keeps XLA's CPU weight
     # gradient on its fast path (a conv padded by its kernel size or more is not).
-    x = x[(slice(None), slice(None)) + tuple(slice(max(0, -a.pad_lo), None) for a in axes)]
-    x = x[
-        (slice(None), slice(None))
-        + tuple(slice(0, x.shape[2 + i] + min(0, a.pad_hi)) for i, a in enumerate(axes))
-    ]
-    x = jnp.pad(x, ((0, 0), (0, 0)) + tuple((max(0, a.pad_lo), max(0, a.pad_hi)) for a in axes))
+    x = jnp.pad(x[(..., *(a.keep for a in axes))], ((0, 0), (0, 0), *(a.zeros for a in axes)))
     forward = ConvSpec(
         transposed=False,
         stride=(1,) * n,
@@ -109,4 +107,4 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarra
     z = z.reshape(batch, cout, *phases, *blocks)
     z = z.transpose(0, 1, *(v for i in range(n) for v in (2 + n + i, 2 + i)))
     z = z.reshape(batch, cout, *(b * p for b, p in zip(blocks, phases)))
-    return z[(slice(None), slice(None)) + tuple(slice(c, c + o) for c, o in (a.crop for a in axes))]
+    return z[(..., *(a.crop for a in axes))]
