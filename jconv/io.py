@@ -79,6 +79,12 @@ def load_state_dict(cfg_tree: Any, state_dict: Mapping[str, Any], strict: bool =
                 missing.append(key)
                 continue
             value = to_numpy(state_dict[key])
+            if not (np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16"):
+                mismatched.append(
+                    f"dtype mismatch for {key}: the state_dict holds {value.dtype.name} "
+                    f"values, {type(cfg).__name__} needs floating-point ones"
+                )
+                continue
             if value.shape != shape:
                 mismatched.append(
                     f"size mismatch for {key}: copying a param with shape {value.shape} "
