@@ -6,6 +6,7 @@
 """
 
 from jconv import functional
+from jconv.checkpoint import load, save
 from jconv.config import (
     Conv1d,
     Conv2d,
@@ -36,9 +37,11 @@ __all__ = [
     "flops",
     "functional",
     "init",
+    "load",
     "load_state_dict",
     "num_params",
     "output_shape",
     "receptive_field",
+    "save",
     "state_dict",
 ]
