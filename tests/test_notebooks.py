@@ -36,10 +36,14 @@ def _text(nb) -> str:
 
 def test_there_are_notebooks():
     assert any(p.name.startswith("01_") for p in NOTEBOOKS)
+    assert any(p.name.startswith("02_") for p in NOTEBOOKS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_on_a_fresh_kernel(path):
+    if path.name.startswith("02_"):  # ports a torch model: needs the oracle
+        pytest.importorskip("torch")
+        pytest.importorskip("optax")
     nb = execute(path)
     text = _text(nb)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -51,6 +55,10 @@ def test_notebook_runs_on_a_fresh_kernel(path):
         assert "up, output_padding=1:   (1, 1, 8, 8)" in text
         assert "valid sizes range from (7, 7) to (8, 8)" in text
         assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    if path.name.startswith("02_"):
+        assert "output (16, 10)  max |jconv - torch| =" in text
+        assert "same as load_state_dict: True" in text
+        assert "is a torch.save checkpoint" in text and "never unpickles" in text
 
 
 if __name__ == "__main__":
