@@ -96,17 +96,7 @@ def conv1d(
     padding_mode: str = "zeros",
 ) -> jax.Array:
     """input (N, C_in, L) or (C_in, L); weight (C_out, C_in/groups, k) -> (N, C_out, L_out)."""
-    return _conv(
-        1,
-        input,
-        weight,
-        bias,
-        stride,
-        padding,
-        dilation,
-        groups,
-        padding_mode,
-    )
+    return _conv(1, input, weight, bias, stride, padding, dilation, groups, padding_mode)
 
 
 def conv2d(
@@ -121,17 +111,7 @@ def conv2d(
     padding_mode: str = "zeros",
 ) -> jax.Array:
     """input (N, C_in, H, W) or (C_in, H, W); weight (C_out, C_in/groups, kH, kW)."""
-    return _conv(
-        2,
-        input,
-        weight,
-        bias,
-        stride,
-        padding,
-        dilation,
-        groups,
-        padding_mode,
-    )
+    return _conv(2, input, weight, bias, stride, padding, dilation, groups, padding_mode)
 
 
 def conv3d(
@@ -146,17 +126,7 @@ def conv3d(
     padding_mode: str = "zeros",
 ) -> jax.Array:
     """input (N, C_in, D, H, W) or (C_in, D, H, W); weight (C_out, C_in/groups, kD, kH, kW)."""
-    return _conv(
-        3,
-        input,
-        weight,
-        bias,
-        stride,
-        padding,
-        dilation,
-        groups,
-        padding_mode,
-    )
+    return _conv(3, input, weight, bias, stride, padding, dilation, groups, padding_mode)
 
 
 def _conv_transpose(ndim, input, weight, bias, stride, padding, output_padding, groups, dilation):
