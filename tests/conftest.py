@@ -199,6 +199,17 @@ def rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-6))
 
 
+def assert_matches(mine, ref, case, tol: float) -> None:
+    """(y, dx, dw, db) against a reference's, each within ``tol`` (None where no bias)."""
+    for name, got, want in zip(("y", "dx", "dw", "db"), mine, ref):
+        if want is None:
+            assert got is None, f"{name} should be None for {case}"
+            continue
+        assert np.shape(got) == np.shape(want), f"{name}: shape {np.shape(got)} for {case}"
+        err = rel_err(got, want)
+        assert err <= tol, f"{name}: relative error {err:.2e} for {case}"
+
+
 def jconv_grads(cfg, x, w, b, gy, jit: bool, output_size=None):
     """jconv's output and (dx, dw, db) of ``sum(y * gy)``."""
 
