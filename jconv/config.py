@@ -143,7 +143,7 @@ class _ConvBase:
         kernel = ntuple("kernel_size", self.kernel_size, n, minimum=1)
         stride = ntuple("stride", self.stride, n, minimum=1)
         dilation = ntuple("dilation", self.dilation, n, minimum=1)
-        check_algorithm(self.algorithm, self.transposed)
+        check_algorithm(self.algorithm, self.transposed, kernel)
         self._set(
             in_channels=in_ch,
             out_channels=out_ch,

@@ -15,17 +15,43 @@ Lowerings:
   undilated input that yields every stride phase as extra channels, then an
   interleave. Its gradients are stride-1 convolutions too, where XLA's
   input-dilated ones are slow on CPU.
+* ``"shift"``, ``"tapgrad"`` (:mod:`jconv.lowering.taps`): a convolution tap by
+  tap, as multiply-adds (depthwise and narrow groups) or with a matrix product
+  per tap for the weight gradient (dense).
+* ``"matmul"``, ``"fft"``, ``"pergroup"`` (:mod:`jconv.lowering.dense`): 1×1
+  kernels as a matrix product, large kernels through the FFT, wide groups as
+  one ungrouped convolution per group.
+* ``"s2d"``, ``"fold"`` (:mod:`jconv.lowering.folded`): a strided convolution
+  as a stride-1 one over space-to-depth channels; a 3-d convolution as a 2-d one
+  with the kernel's depth taps in the channels.
+
+Forms whose fast gradient is not autodiff's own state it with
+:func:`jconv.lowering.custom.bilinear` (a ``custom_jvp``), so forward mode,
+``vmap`` and higher orders still work.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
 
-ALGORITHMS = ("auto", "xla", "subpixel")
+ALGORITHMS = (
+    "auto",
+    "xla",
+    "subpixel",
+    "shift",
+    "tapgrad",
+    "matmul",
+    "fft",
+    "pergroup",
+    "s2d",
+    "fold",
+)
 _TRANSPOSED_ONLY = ("subpixel",)
+_FORWARD_ONLY = ("shift", "tapgrad", "matmul", "fft", "pergroup", "s2d", "fold")
 
 
 class ConvSpec(NamedTuple):
@@ -47,7 +73,7 @@ class ConvSpec(NamedTuple):
     preferred_element_type: Any
 
 
-def check_algorithm(algorithm: object, transposed: bool) -> None:
+def check_algorithm(algorithm: object, transposed: bool, kernel_size: tuple[int, ...] = ()) -> None:
     """Raises ValueError unless ``algorithm`` names a lowering that fits the config."""
     if algorithm not in ALGORITHMS:
         raise ValueError(
@@ -58,20 +84,58 @@ def check_algorithm(algorithm: object, transposed: bool) -> None:
             f"algorithm={algorithm!r} computes transposed convolutions only; use "
             "algorithm='auto' or 'xla' here"
         )
+    if algorithm in _FORWARD_ONLY and transposed:
+        raise ValueError(
+            f"algorithm={algorithm!r} computes forward convolutions only; use "
+            "algorithm='auto', 'xla' or 'subpixel' for a transposed one"
+        )
+    if algorithm == "fold" and len(kernel_size) != 3:
+        raise ValueError(
+            f"algorithm='fold' computes 3-d convolutions only, got a {len(kernel_size)}-d "
+            "kernel; use algorithm='auto' or 'xla'"
+        )
+    if algorithm == "matmul" and any(k != 1 for k in kernel_size):
+        raise ValueError(
+            f"algorithm='matmul' needs a 1x1 kernel, got kernel_size={kernel_size}; use "
+            "algorithm='auto' or 'xla'"
+        )
 
 
 def plan(cfg: Any, x_shape: tuple[int, ...], dtype: Any, backend: str) -> str:
     """Name of the lowering for this call; ``cfg.algorithm`` forces one.
 
-    Strided transposed convolutions run ``"subpixel"`` on CPU, where it was
-    measured 5–15× faster than ``"xla"`` for forward plus backward; elsewhere,
-    and for everything else, ``"xla"``.
+    Off CPU everything runs ``"xla"`` (cuDNN and TPU convolutions are fast). On
+    CPU, by layer family (see ``python -m jconv bench``):
+
+    * transposed, strided: ``"subpixel"``;
+    * 1×1 kernels: ``"matmul"``;
+    * depthwise (one input channel per group): ``"shift"`` up to 7×7 taps,
+      ``"fft"`` above;
+    * other grouped: ``"shift"`` while each output sums at most 64 terms,
+      ``"pergroup"`` beyond;
+    * dense 3-d: ``"fold"``;
+    * dense 2-d with ≥ 16 input channels and ≤ 9 taps: ``"tapgrad"``;
+    * everything else: ``"xla"``.
     """
     del x_shape, dtype
     if cfg.algorithm != "auto":
         return cfg.algorithm
-    if cfg.transposed and backend == "cpu" and any(s > 1 for s in cfg.stride):
-        return "subpixel"
+    if backend != "cpu":
+        return "xla"
+    if cfg.transposed:
+        return "subpixel" if any(s > 1 for s in cfg.stride) else "xla"
+    taps = math.prod(cfg.kernel_size)
+    per_group = cfg.in_channels // cfg.groups
+    if taps == 1:
+        return "matmul"
+    if cfg.groups > 1:
+        if per_group == 1:
+            return "shift" if taps <= 49 else "fft"
+        return "shift" if per_group * taps <= 64 else "pergroup"
+    if cfg.ndim == 3:
+        return "fold"
+    if cfg.ndim == 2 and per_group >= 16 and taps <= 9:
+        return "tapgrad"
     return "xla"
 
 
@@ -82,10 +146,19 @@ def run(name: str, x, w, spec: ConvSpec):
     Jitted, so that eager calls compile one program per shape instead of one per
     operation; inside a caller's ``jit`` it is inlined.
     """
-    from jconv.lowering import subpixel, xla
+    from jconv.lowering import dense, folded, subpixel, taps, xla
 
     if spec.transposed:
         lowerings = {"xla": xla.conv_transpose, "subpixel": subpixel.conv_transpose}
     else:
-        lowerings = {"xla": xla.conv}
+        lowerings = {
+            "xla": xla.conv,
+            "shift": taps.shift,
+            "tapgrad": taps.tapgrad,
+            "matmul": dense.matmul,
+            "fft": dense.fft,
+            "pergroup": dense.pergroup,
+            "s2d": folded.s2d,
+            "fold": folded.fold,
+        }
     return lowerings[name](x, w, spec)

@@ -1,0 +1,97 @@
+"""Forms built from matrix products and FFTs, for two kernel shapes XLA's CPU
+convolution handles slowly.
+
+* ``"matmul"``: a 1×1 kernel is a matrix product over channels, after the
+  padding and a strided slice of the input.
+* ``"fft"``: a large kernel (e.g. depthwise 31×31) is a product in the frequency
+  domain: ``y = irfft(rfft(x_pad) · rfft(flip(w)))``, cropped to the valid part
+  and strided. Its cost barely grows with the kernel; its rounding is FFT
+  rounding (≈1e-6 of the output's scale in float32), not a direct sum's.
+* ``"pergroup"``: a grouped conv as ``groups`` ungrouped XLA convolutions of
+  channel slices, whose gradients stay on XLA's fast (ungrouped) path.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from jconv.lowering import ConvSpec, xla
+from jconv.lowering.taps import out_spatial, windows
+
+
+def matmul(x, w, spec: ConvSpec):
+    """1×1 conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, 1, ...): a product over channels."""
+    g, (batch, cin), cout = spec.groups, x.shape[:2], w.shape[0]
+    ((_, xt),) = windows(x, w.shape[2:], spec)
+    xg = xt.reshape(batch, g, cin // g, -1)
+    wg = w.reshape(g, cout // g, cin // g)
+    y = jnp.einsum(
+        "ngcq,goc->ngoq",
+        xg,
+        wg,
+        precision=spec.precision,
+        preferred_element_type=spec.preferred_element_type,
+    )
+    return y.reshape(batch, cout, *xt.shape[2:])
+
+
+def _fft_size(n: int) -> int:
+    """The smallest 2^a·3^b·5^c ≥ n (sizes the FFT runs fast on)."""
+    best = 1 << (n - 1).bit_length()
+    p2 = 1
+    while p2 < best:
+        p3 = p2
+        while p3 < best:
+            p5 = p3
+            while p5 < best:
+                if p5 >= n:
+                    best = p5
+                p5 *= 5
+            p3 *= 3
+        p2 *= 2
+    return best
+
+
+def fft(x, w, spec: ConvSpec):
+    """Forward conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, *k) through ``rfftn``."""
+    n, g = x.ndim - 2, spec.groups
+    batch, (cout, per_in), kernel = x.shape[0], w.shape[:2], w.shape[2:]
+    dtype = spec.preferred_element_type or x.dtype
+    acc = jnp.promote_types(dtype, jnp.float32)
+    pads = [(0, 0, 0)] * 2 + [(lo, hi, 0) for lo, hi in spec.pads]
+    xp = lax.pad(x.astype(acc), jnp.zeros((), acc), pads)
+    padded = xp.shape[2:]
+    # the dilated, flipped kernel: convolution by it is correlation by w
+    wd = lax.pad(
+        w.astype(acc), jnp.zeros((), acc), [(0, 0, 0)] * 2 + [(0, 0, d - 1) for d in spec.dilation]
+    )
+    wd = jnp.flip(wd, tuple(range(2, n + 2)))
+    sizes = [_fft_size(p) for p in padded]
+    axes = tuple(range(-n, 0))
+    xf = jnp.fft.rfftn(xp, sizes, axes=axes).reshape(batch, g, per_in, -1)
+    wf = jnp.fft.rfftn(wd, sizes, axes=axes).reshape(g, cout // g, per_in, -1)
+    if per_in == 1:
+        yf = xf * wf[None, :, :, 0]
+    else:
+        yf = jnp.einsum("ngcf,gocf->ngof", xf, wf, precision=spec.precision)
+    freq = [*sizes[:-1], sizes[-1] // 2 + 1]
+    y = jnp.fft.irfftn(yf.reshape(batch, cout, *freq), sizes, axes=axes)
+    span = [d * (k - 1) for k, d in zip(kernel, spec.dilation)]
+    out = out_spatial(x.shape[2:], kernel, spec)
+    keep = tuple(slice(e, e + s * (o - 1) + 1, s) for e, s, o in zip(span, spec.stride, out))
+    return y[(..., *keep)].astype(dtype)
+
+
+def pergroup(x, w, spec: ConvSpec):
+    """A grouped conv as one ungrouped XLA conv per group, concatenated."""
+    g = spec.groups
+    cin, cout = x.shape[1], w.shape[0]
+    one = spec._replace(groups=1)
+    parts = [
+        xla.conv(
+            x[:, i * cin // g : (i + 1) * cin // g], w[i * cout // g : (i + 1) * cout // g], one
+        )
+        for i in range(g)
+    ]
+    return jnp.concatenate(parts, axis=1)

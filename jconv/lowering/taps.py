@@ -1,0 +1,142 @@
+"""Forms that visit a convolution one kernel tap at a time.
+
+For tap ``t`` (a position in the kernel) the input window is a strided slice
+of the padded input, ``x_t[q] = x_pad[s·q + d·t]``, the same shape as the output.
+Then, within each of the ``g`` groups,
+
+* forward: ``y = Σ_t W_t · x_t`` (``W_t``: the (O/g, C/g) matrix of tap ``t``);
+* weight gradient: ``dW_t = dy · x_tᵀ``, one matrix product per tap.
+
+``"shift"`` computes the forward as broadcast multiply-adds (one fused loop, no
+matrix product), which suits depthwise and narrow grouped convolutions whose
+few terms per output (``C/g · ∏k``) XLA's CPU convolution runs one by one.
+``"tapgrad"`` keeps XLA's forward and input gradient and replaces its weight
+gradient, the slow part on CPU, by the per-tap products.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jconv.lowering import ConvSpec, custom, xla
+
+
+def out_spatial(spatial, kernel, spec: ConvSpec) -> tuple[int, ...]:
+    """The forward output size per dimension."""
+    return tuple(
+        (i + lo + hi - d * (k - 1) - 1) // s + 1
+        for i, k, s, d, (lo, hi) in zip(spatial, kernel, spec.stride, spec.dilation, spec.pads)
+    )
+
+
+def windows(x, kernel, spec: ConvSpec):
+    """``(t, x_t)`` per kernel tap; ``x`` is (..., *sp), ``x_t`` is (..., *out)."""
+    n = len(kernel)
+    pads = [(0, 0, 0)] * (x.ndim - n) + [(lo, hi, 0) for lo, hi in spec.pads]
+    xp = lax.pad(x, jnp.zeros((), x.dtype), pads)  # lax.pad: negative pads crop
+    out = out_spatial(x.shape[-n:], kernel, spec)
+    for t in np.ndindex(*kernel):
+        start = [d * ti for d, ti in zip(spec.dilation, t)]
+        limit = [a + s * (o - 1) + 1 for a, s, o in zip(start, spec.stride, out)]
+        lead = x.ndim - n
+        yield (
+            t,
+            lax.slice(
+                xp,
+                [0] * lead + start,
+                list(xp.shape[:lead]) + limit,
+                [1] * lead + list(spec.stride),
+            ),
+        )
+
+
+def _accumulator(dtype):
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def shift_conv(x, w, spec: ConvSpec):
+    """Forward conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, *k) as broadcast multiply-adds."""
+    n, g = x.ndim - 2, spec.groups
+    batch, (cout, per_in), kernel = x.shape[0], w.shape[:2], w.shape[2:]
+    dtype = spec.preferred_element_type or x.dtype
+    acc = _accumulator(dtype)
+    xg = x.reshape(batch, g, per_in, *x.shape[2:]).astype(acc)
+    wg = w.reshape(g, cout // g, per_in, *kernel).astype(acc)
+    y = None
+    for t, xt in windows(xg, kernel, spec):
+        for c in range(per_in):
+            term = xt[:, :, c, None] * wg[(slice(None), slice(None), c, *t)].reshape(
+                (1, g, cout // g) + (1,) * n
+            )
+            y = term if y is None else y + term
+    return y.reshape(batch, cout, *y.shape[3:]).astype(dtype)
+
+
+def _transposed_spec(spec: ConvSpec, kernel) -> ConvSpec:
+    """The stride-1 conv of ``dy`` that gives ``dx`` (pads ``d·(k−1) − pad``)."""
+    pads = tuple(
+        (d * (k - 1) - lo, d * (k - 1) - hi)
+        for k, d, (lo, hi) in zip(kernel, spec.dilation, spec.pads)
+    )
+    return spec._replace(pads=pads)
+
+
+def _flip_swap(w, groups: int):
+    """(O, C/g, *k) -> (C, O/g, *k), flipped: the kernel of the input gradient."""
+    cout, per_in, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    w = w.reshape(groups, cout // groups, per_in, *kernel).swapaxes(1, 2)
+    w = w.reshape(groups * per_in, cout // groups, *kernel)
+    return jnp.flip(w, tuple(range(2, w.ndim)))
+
+
+def shift(x, w, spec: ConvSpec):
+    """The ``"shift"`` lowering; its input gradient (stride 1) is a shift conv too."""
+    kernel = w.shape[2:]
+
+    def dx(w, dy):
+        return shift_conv(dy, _flip_swap(w, spec.groups), _transposed_spec(spec, kernel))
+
+    stride_one = all(s == 1 for s in spec.stride)
+    primal = lambda x, w: shift_conv(x, w, spec)  # noqa: E731
+    dw = None  # depthwise: autodiff's per-tap reductions are the fastest measured
+    if w.shape[1] > 1:  # wider groups: the weight gradient of per-group XLA convs
+        from jconv.lowering import dense
+
+        def dw(x, dy):
+            return jax.vjp(lambda v: dense.pergroup(x, v, spec), jnp.zeros_like(w))[1](dy)[0]
+
+    return custom.bilinear(primal, dx=dx if stride_one else None, dw=dw)(x, w)
+
+
+def tap_weight_grad(x, dy, kernel, spec: ConvSpec):
+    """``dw`` (O, C/g, *k) of a conv with output cotangent ``dy``: a product per tap."""
+    g = spec.groups
+    (batch, cin), cout = x.shape[:2], dy.shape[1]
+    xg = x.reshape(batch, g, cin // g, *x.shape[2:])
+    dyg = dy.reshape(batch, g, cout // g, *dy.shape[2:])
+    dims = tuple(range(3, dy.ndim + 1))
+    rows = []
+    for _, xt in windows(xg, kernel, spec):
+        rows.append(
+            lax.dot_general(
+                dyg,
+                xt,
+                (((0, *dims), (0, *dims)), ((1,), (1,))),
+                precision=spec.precision,
+                preferred_element_type=spec.preferred_element_type,
+            )
+        )  # (g, O/g, C/g)
+    dw = jnp.stack(rows, axis=-1).astype(dy.dtype)
+    return dw.reshape(cout, cin // g, *kernel)
+
+
+def tapgrad(x, w, spec: ConvSpec):
+    """The ``"tapgrad"`` lowering: XLA's forward, per-tap weight gradient."""
+    kernel = w.shape[2:]
+    return custom.bilinear(
+        lambda x, w: xla.conv(x, w, spec),
+        dw=lambda x, dy: tap_weight_grad(x, dy, kernel, spec),
+    )(x, w)
