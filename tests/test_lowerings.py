@@ -1,0 +1,204 @@
+"""Every forward lowering equals "xla", forward and gradients; the planner's contract."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.test_util import check_grads
+
+import jconv
+from jconv.lowering import ALGORITHMS, plan
+from tests.conftest import arrays_for, assert_matches, jconv_grads, random_case
+
+FORWARD = ("shift", "tapgrad", "matmul", "fft", "pergroup", "s2d", "fold")
+
+
+def _case_for(algorithm: str, seed: int):
+    case = random_case(seed)
+    while algorithm == "fold" and case.ndim != 3:  # the next 3-d config
+        seed += 1000
+        case = random_case(seed)
+    if algorithm == "matmul":  # 1x1 kernels only; every other option stays random
+        kwargs = dict(case.kwargs, kernel_size=1)
+        if kwargs["padding"] in ("same", "causal"):
+            kwargs["padding"] = 0
+        case = dataclasses.replace(case, kwargs=kwargs)
+    return case
+
+
+@pytest.mark.parametrize("algorithm", FORWARD)
+@pytest.mark.parametrize("seed", range(6000, 6016))
+def test_lowering_equals_xla_forward_and_gradients(algorithm, seed):
+    """y, dx, dw and db of each lowering equal the "xla" lowering's on random configs
+    (1/2/3-d, every padding form and mode, stride, dilation, dense/grouped/depthwise)."""
+    case = _case_for(algorithm, seed)
+    results = []
+    for name in ("xla", algorithm):
+        cfg = case.cfg(algorithm=name)
+        x, w, b, gy = arrays_for(case, cfg)
+        results.append(jconv_grads(cfg, x, w, b, gy, case.jit))
+    assert_matches(results[1], results[0], case, 1e-4 if algorithm == "fft" else 2e-5)
+
+
+SMALL = [
+    ("shift", jconv.Conv2d(4, 8, 3, padding=1, groups=4), (1, 4, 5, 5)),
+    ("shift", jconv.Conv2d(4, 4, 3, stride=2, padding=(1, 0), groups=2), (1, 4, 6, 5)),
+    ("tapgrad", jconv.Conv2d(3, 2, 3, padding=1, dilation=(1, 2)), (2, 3, 5, 6)),
+    ("matmul", jconv.Conv1d(4, 2, 1, stride=2, groups=2), (1, 4, 7)),
+    ("fft", jconv.Conv2d(2, 2, 5, padding=2, groups=2), (1, 2, 6, 6)),
+    ("fft", jconv.Conv1d(2, 4, 3, stride=2, dilation=2, groups=2), (1, 2, 9)),
+    ("pergroup", jconv.Conv3d(4, 2, 2, padding=1, groups=2), (1, 4, 3, 3, 3)),
+    ("s2d", jconv.Conv2d(3, 2, (3, 4), stride=(2, 3), padding=1), (1, 3, 7, 8)),
+    ("fold", jconv.Conv3d(2, 4, (2, 3, 2), stride=(2, 1, 1), padding=1, groups=2), (1, 2, 4, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("i", range(len(SMALL)))
+def test_check_grads_second_order_and_forward_mode(i):
+    """jax.test_util.check_grads, reverse to order 2 and forward to order 2, per lowering."""
+    name, cfg, shape = SMALL[i]
+    cfg = dataclasses.replace(cfg, algorithm=name)
+    params = jconv.init(jax.random.key(i), cfg)
+    x = jax.random.normal(jax.random.key(100 + i), shape)
+
+    def f(w, x):
+        return jconv.apply(jconv.Params(w, params.bias, cfg), x)
+
+    check_grads(f, (params.weight, x), order=2, modes=("rev", "fwd"), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("i", range(len(SMALL)))
+def test_jacfwd_vmap_and_hessian_compose(i):
+    """Forward mode, vmap over a batch of params and jax.hessian run through each lowering."""
+    name, cfg, shape = SMALL[i]
+    cfg = dataclasses.replace(cfg, algorithm=name)
+    params = jconv.init(jax.random.key(i), cfg)
+    x = jax.random.normal(jax.random.key(100 + i), shape)
+
+    def f(w):
+        return jconv.apply(jconv.Params(w, params.bias, cfg), x)
+
+    ref_cfg = dataclasses.replace(cfg, algorithm="xla")
+
+    def g(w):
+        return jconv.apply(jconv.Params(w, params.bias, ref_cfg), x)
+
+    chex.assert_trees_all_close(
+        jax.jacfwd(f)(params.weight), jax.jacrev(g)(params.weight), atol=1e-4
+    )
+    ws = jnp.stack([params.weight, 2 * params.weight])
+    chex.assert_trees_all_close(jax.vmap(f)(ws), jax.vmap(g)(ws), atol=1e-4)
+    h = jax.hessian(lambda w: jnp.sum(jnp.sin(f(w))))(params.weight)
+    h_ref = jax.hessian(lambda w: jnp.sum(jnp.sin(g(w))))(params.weight)
+    chex.assert_trees_all_close(h, h_ref, atol=1e-4)
+
+
+def test_fft_matches_a_direct_sum_on_a_31x31_depthwise_kernel():
+    cfg = jconv.Conv2d(3, 3, 31, padding=15, groups=3)
+    params = jconv.init(jax.random.key(0), cfg)
+    x = jax.random.normal(jax.random.key(1), (2, 3, 20, 20))
+    outs = [
+        jconv.apply(dataclasses.replace(params, cfg=dataclasses.replace(cfg, algorithm=a)), x)
+        for a in ("xla", "fft")
+    ]
+    assert plan(cfg, x.shape, jnp.float32, "cpu") == "fft"
+    err = float(jnp.max(jnp.abs(outs[0] - outs[1])) / jnp.max(jnp.abs(outs[0])))
+    assert err < 1e-5
+
+
+@pytest.mark.parametrize(
+    "cfg, want",
+    [
+        (jconv.Conv2d(64, 64, 3, padding=1), "tapgrad"),
+        (jconv.Conv2d(3, 64, 7, stride=2, padding=3), "xla"),
+        (jconv.Conv1d(64, 64, 7, padding=3), "xla"),
+        (jconv.Conv2d(256, 128, 1), "matmul"),
+        (jconv.Conv2d(128, 128, 3, padding=1, groups=128), "shift"),
+        (jconv.Conv2d(64, 128, 5, groups=64), "shift"),
+        (jconv.Conv2d(64, 64, 31, padding=15, groups=64), "fft"),
+        (jconv.Conv2d(128, 128, 3, padding=1, groups=32), "shift"),
+        (jconv.Conv2d(128, 128, 3, padding=1, groups=4), "pergroup"),
+        (jconv.ConvTranspose2d(128, 64, 4, stride=2, padding=1), "subpixel"),
+        (jconv.Conv3d(32, 32, 3, padding=1), "fold"),
+        (jconv.Conv1d(64, 64, 3, padding=1), "xla"),
+    ],
+)
+def test_planner_picks_by_layer_family_on_cpu_and_xla_elsewhere(cfg, want):
+    shape = (1, cfg.in_channels) + (8,) * cfg.ndim
+    assert plan(cfg, shape, jnp.float32, "cpu") == want
+    for backend in ("gpu", "tpu"):
+        assert plan(cfg, shape, jnp.float32, backend) == "xla"
+    forced = dataclasses.replace(cfg, algorithm="xla")
+    assert plan(forced, shape, jnp.float32, "cpu") == "xla"
+
+
+def test_planner_is_a_pure_function_of_its_arguments():
+    cfg = jconv.Conv2d(8, 8, 3, groups=8)
+    first = plan(cfg, (2, 8, 9, 9), jnp.float32, "cpu")
+    jax.jit(jconv.apply)(jconv.init(jax.random.key(0), cfg), jnp.ones((2, 8, 9, 9)))
+    assert [plan(cfg, (2, 8, 9, 9), jnp.float32, "cpu") for _ in range(3)] == [first] * 3
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_default_off_cpu_lowers_to_the_same_program_as_plain_lax(groups):
+    """The lowering planned for GPU and TPU ("xla") emits exactly plain lax's StableHLO."""
+    cfg = jconv.Conv2d(8, 16, 3, stride=2, padding=1, groups=groups, bias=False)
+    assert plan(cfg, (2, 8, 16, 16), jnp.float32, "gpu") == "xla"
+    forced = dataclasses.replace(cfg, algorithm="xla")
+    w = jnp.ones(cfg.weight_shape)
+    x = jnp.ones((2, 8, 16, 16))
+
+    def ours(x, w):
+        return jconv.apply(jconv.Params(w, None, forced), x)
+
+    def plain(x, w):
+        return lax.conv_general_dilated(
+            x, w, (2, 2), [(1, 1), (1, 1)], dimension_numbers=("NCHW", "OIHW", "NCHW"),
+            feature_group_count=groups,
+        )  # fmt: skip
+
+    def convs(f):
+        text = jax.jit(f).lower(x, w).as_text()
+        return [
+            line.split("=", 1)[1].strip() for line in text.splitlines() if "convolution" in line
+        ]
+
+    assert convs(ours) == convs(plain) and len(convs(plain)) == 1
+
+
+def test_every_algorithm_is_named_in_the_error_for_an_unknown_one():
+    with pytest.raises(ValueError) as e:
+        jconv.Conv2d(1, 1, 3, algorithm="winograd")
+    for name in ALGORITHMS:
+        assert repr(name) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(kernel_size=3, algorithm="matmul"), "needs a 1x1 kernel"),
+        (dict(kernel_size=3, algorithm="subpixel"), "transposed convolutions only"),
+    ],
+)
+def test_forced_lowering_that_does_not_fit_is_refused(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        jconv.Conv2d(2, 2, **kwargs)
+    if kwargs["algorithm"] == "matmul":
+        with pytest.raises(ValueError, match="forward convolutions only"):
+            jconv.ConvTranspose2d(2, 2, 1, algorithm="shift")
+
+
+def test_bfloat16_input_runs_on_every_lowering_and_stays_close():
+    cfg = jconv.Conv2d(4, 4, 3, padding=1, groups=2, dtype=jnp.bfloat16)
+    params = jconv.init(jax.random.key(0), cfg)
+    x = jax.random.normal(jax.random.key(1), (2, 4, 6, 6), jnp.bfloat16)
+    ref = np.asarray(jconv.apply(params, x), np.float32)
+    for name in ("shift", "tapgrad", "fft", "pergroup", "s2d"):
+        p = dataclasses.replace(params, cfg=dataclasses.replace(cfg, algorithm=name))
+        y = jconv.apply(p, x)
+        assert y.dtype == jnp.bfloat16, name
+        assert np.max(np.abs(np.asarray(y, np.float32) - ref)) <= 0.05 * np.max(np.abs(ref)), name
