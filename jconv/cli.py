@@ -1,4 +1,4 @@
-"""The command line: ``python -m jconv [demo]``."""
+"""The command line: ``python -m jconv [demo | bench]``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from jconv import bench
+
+    return bench.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jconv",
@@ -23,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="walk through Conv2d on a 5x5 image (the default)")
     demo.add_argument("--seed", type=int, default=0, help="PRNG seed for the weights")
     demo.set_defaults(run=_demo)
+    from jconv.bench import add_arguments
+
+    bench = sub.add_parser("bench", help="time jconv against plain lax and torch on typical layers")
+    add_arguments(bench)
+    bench.set_defaults(run=_bench)
     return parser
 
 
