@@ -3,8 +3,8 @@
 Every layer is timed forward and forward+backward (gradients of input, weight
 and bias) for jconv (``algorithm="auto"`` unless forced), plain
 ``lax.conv_general_dilated`` (what Flax, Equinox and Haiku run) and torch when
-it is installed. Implementations are interleaved, after a warm-up, and the
-median of ``repeat`` rounds is kept. GFLOP/s are reported as a fraction of a
+it is installed. Implementations are interleaved in a shuffled order, after a
+warm-up, and the median of ``repeat`` rounds is kept. GFLOP/s are reported as a fraction of a
 matrix product's speed measured in the same run.
 """
 
@@ -41,7 +41,7 @@ class Case:
     groups: int = 1
     transposed: bool = False
 
-    def config(self, algorithm: str = "auto", dtype=None):
+    def config(self, algorithm: str = "auto", dtype=jnp.float32):
         import jconv
 
         kind = "ConvTranspose" if self.transposed else "Conv"
@@ -102,7 +102,8 @@ def plain_lax(case: Case) -> Callable:
 
 def _timer(fn: Callable, *args) -> Callable[[], float]:
     def once() -> float:
-        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))  # untimed: the first call after another
+        t = time.perf_counter()  # layer's pays for its cache misses and page faults
         jax.block_until_ready(fn(*args))
         return time.perf_counter() - t
 
@@ -147,6 +148,7 @@ def _torch_pair(case: Case, x, w, b, gy, dtype: str):
 
     def timed(fn):
         def once():
+            fn()
             t = time.perf_counter()
             fn()
             return time.perf_counter() - t
@@ -209,10 +211,12 @@ def run_case(case: Case, repeat: int, dtype: str, algorithm: str, progress=None)
     for fwd, both in timers.values():  # warm-up
         fwd(), both()
     samples = {name: ([], []) for name in timers}
-    for _ in range(repeat):  # interleaved rounds
-        for name, (fwd, both) in timers.items():
-            samples[name][0].append(fwd())
-            samples[name][1].append(both())
+    calls = [(name, mode) for name in timers for mode in (0, 1)]
+    order = np.random.default_rng(0)
+    for _ in range(repeat):  # interleaved rounds, each in a fresh order: a call
+        for i in order.permutation(len(calls)):  # right after a large one runs slower
+            name, mode = calls[i]
+            samples[name][mode].append(timers[name][mode]())
     if progress:
         progress.step(case.name)
     ms = {

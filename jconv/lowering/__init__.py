@@ -149,7 +149,7 @@ def run(name: str, x, w, spec: ConvSpec):
     from jconv.lowering import dense, folded, subpixel, taps, xla
 
     if spec.transposed:
-        lowerings = {"xla": xla.conv_transpose, "subpixel": subpixel.conv_transpose}
+        lowerings = {"xla": xla.conv_transpose, "subpixel": subpixel.lowering}
     else:
         lowerings = {
             "xla": xla.conv,
