@@ -226,7 +226,7 @@ def run_case(case: Case, repeat: int, dtype: str, algorithm: str, progress=None)
     flops = jconv.flops(cfg, x.shape)
     return {
         "case": dataclasses.asdict(case),
-        "lowering": plan(cfg, x.shape, jdtype, jax.default_backend()),
+        "lowering": plan(cfg, x.shape, jdtype, jax.default_backend(), jax.device_count()),
         "gflop": flops / 1e9,
         "ms": ms,
         "compile_s": compile_s,

@@ -75,7 +75,7 @@ def forward(cfg, weight, bias, x, output_size=None):
         precision=cfg.precision,
         preferred_element_type=cfg.preferred_element_type,
     )
-    name = lowering.plan(cfg, x.shape, dtype, jax.default_backend())
+    name = lowering.plan(cfg, x.shape, dtype, jax.default_backend(), jax.device_count())
     y = lowering.run(name, x, w, spec)
     if bias is not None:
         y = y + jnp.asarray(bias).astype(y.dtype).reshape((-1,) + (1,) * cfg.ndim)

@@ -106,6 +106,7 @@ def test_fft_matches_a_direct_sum_on_a_31x31_depthwise_kernel():
         for a in ("xla", "fft")
     ]
     assert plan(cfg, x.shape, jnp.float32, "cpu") == "fft"
+    assert plan(cfg, x.shape, jnp.float32, "cpu", devices=8) == "xla"  # see the sharding test
     err = float(jnp.max(jnp.abs(outs[0] - outs[1])) / jnp.max(jnp.abs(outs[0])))
     assert err < 1e-5
 

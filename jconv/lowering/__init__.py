@@ -101,7 +101,7 @@ def check_algorithm(algorithm: object, transposed: bool, kernel_size: tuple[int,
         )
 
 
-def plan(cfg: Any, x_shape: tuple[int, ...], dtype: Any, backend: str) -> str:
+def plan(cfg: Any, x_shape: tuple[int, ...], dtype: Any, backend: str, devices: int = 1) -> str:
     """Name of the lowering for this call; ``cfg.algorithm`` forces one.
 
     Off CPU everything runs ``"xla"`` (cuDNN and TPU convolutions are fast). On
@@ -110,7 +110,8 @@ def plan(cfg: Any, x_shape: tuple[int, ...], dtype: Any, backend: str) -> str:
     * transposed, strided: ``"subpixel"``;
     * 1×1 kernels: ``"matmul"``;
     * depthwise (one input channel per group): ``"shift"`` up to 7×7 taps,
-      ``"fft"`` above;
+      ``"fft"`` above on one device (XLA's partitioner gathers an FFT's batch, so
+      with ``devices`` > 1 large kernels stay on ``"xla"``);
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
       ``"pergroup"`` beyond;
     * dense 3-d: ``"fold"``;
@@ -130,7 +131,9 @@ def plan(cfg: Any, x_shape: tuple[int, ...], dtype: Any, backend: str) -> str:
         return "matmul"
     if cfg.groups > 1:
         if per_group == 1:
-            return "shift" if taps <= 49 else "fft"
+            if taps <= 49:
+                return "shift"
+            return "fft" if devices == 1 else "xla"
         return "shift" if per_group * taps <= 64 else "pergroup"
     if cfg.ndim == 3:
         return "fold"
