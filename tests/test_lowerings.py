@@ -54,16 +54,25 @@ SMALL = [
     ("pergroup", jconv.Conv3d(4, 2, 2, padding=1, groups=2), (1, 4, 3, 3, 3)),
     ("s2d", jconv.Conv2d(3, 2, (3, 4), stride=(2, 3), padding=1), (1, 3, 7, 8)),
     ("fold", jconv.Conv3d(2, 4, (2, 3, 2), stride=(2, 1, 1), padding=1, groups=2), (1, 2, 4, 3, 3)),
+    ("subpixel", jconv.ConvTranspose2d(4, 6, 3, stride=2, padding=(1, 0), groups=2), (1, 4, 3, 4)),
 ]
+
+
+def _small(i: int):
+    """SMALL[i]'s config with its lowering forced, parameters and an input."""
+    name, cfg, shape = SMALL[i]
+    cfg = dataclasses.replace(cfg, algorithm=name)
+    return (
+        cfg,
+        jconv.init(jax.random.key(i), cfg),
+        jax.random.normal(jax.random.key(100 + i), shape),
+    )
 
 
 @pytest.mark.parametrize("i", range(len(SMALL)))
 def test_check_grads_second_order_and_forward_mode(i):
     """jax.test_util.check_grads, reverse to order 2 and forward to order 2, per lowering."""
-    name, cfg, shape = SMALL[i]
-    cfg = dataclasses.replace(cfg, algorithm=name)
-    params = jconv.init(jax.random.key(i), cfg)
-    x = jax.random.normal(jax.random.key(100 + i), shape)
+    cfg, params, x = _small(i)
 
     def f(w, x):
         return jconv.apply(jconv.Params(w, params.bias, cfg), x)
@@ -73,11 +82,9 @@ def test_check_grads_second_order_and_forward_mode(i):
 
 @pytest.mark.parametrize("i", range(len(SMALL)))
 def test_jacfwd_vmap_and_hessian_compose(i):
-    """Forward mode, vmap over a batch of params and jax.hessian run through each lowering."""
-    name, cfg, shape = SMALL[i]
-    cfg = dataclasses.replace(cfg, algorithm=name)
-    params = jconv.init(jax.random.key(i), cfg)
-    x = jax.random.normal(jax.random.key(100 + i), shape)
+    """Forward mode (eager and jitted), vmap over a batch of params and jax.hessian
+    run through each lowering."""
+    cfg, params, x = _small(i)
 
     def f(w):
         return jconv.apply(jconv.Params(w, params.bias, cfg), x)
@@ -87,9 +94,9 @@ def test_jacfwd_vmap_and_hessian_compose(i):
     def g(w):
         return jconv.apply(jconv.Params(w, params.bias, ref_cfg), x)
 
-    chex.assert_trees_all_close(
-        jax.jacfwd(f)(params.weight), jax.jacrev(g)(params.weight), atol=1e-4
-    )
+    want = jax.jacrev(g)(params.weight)
+    chex.assert_trees_all_close(jax.jacfwd(f)(params.weight), want, atol=1e-4)
+    chex.assert_trees_all_close(jax.jit(jax.jacfwd(f))(params.weight), want, atol=1e-4)
     ws = jnp.stack([params.weight, 2 * params.weight])
     chex.assert_trees_all_close(jax.vmap(f)(ws), jax.vmap(g)(ws), atol=1e-4)
     h = jax.hessian(lambda w: jnp.sum(jnp.sin(f(w))))(params.weight)

@@ -2,7 +2,8 @@
 
 A lowering computes one convolution from a :class:`ConvSpec` (everything static,
 input already padded for non-zero padding modes). The planner is a pure function
-of (config, input shape, dtype, backend): no global state, no timing at run time.
+of (config, input shape, dtype, backend, device count): no global state, no
+timing at run time.
 Every lowering must equal the ``"xla"`` one to float32 rounding, forward and
 gradients.
 
@@ -11,10 +12,11 @@ Lowerings:
 * ``"xla"``: one ``lax.conv_general_dilated``; a transposed convolution dilates
   the input by the stride and convolves it with the flipped kernel (what
   ``lax.conv_transpose`` computes).
-* ``"subpixel"`` (transposed only): one stride-1 convolution over the
-  undilated input that yields every stride phase as extra channels, then an
-  interleave. Its gradients are stride-1 convolutions too, where XLA's
-  input-dilated ones are slow on CPU.
+* ``"subpixel"`` (transposed only): XLA's forward, with gradients that avoid
+  XLA's slow input-dilated ones on CPU: the weight gradient of the sub-pixel
+  form (one stride-1 convolution over the undilated input that yields every
+  stride phase as extra channels, then an interleave) and the input gradient as
+  the strided convolution this one transposes.
 * ``"shift"``, ``"tapgrad"`` (:mod:`jconv.lowering.taps`): a convolution tap by
   tap, as multiply-adds (depthwise and narrow groups) or with a matrix product
   per tap for the weight gradient (dense).

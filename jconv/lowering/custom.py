@@ -19,9 +19,14 @@ Fn = Callable[..., jax.Array]
 
 
 def transpose_of(cotangent: Fn, y_like: jax.Array) -> Callable[[jax.Array], jax.Array]:
-    """The linear map whose transpose is ``cotangent`` (a linear map of ``dy``)."""
-    aval = jax.ShapeDtypeStruct(y_like.shape, y_like.dtype)
-    return lambda v: jax.linear_transpose(cotangent, aval)(v)[0]
+    """The linear map whose transpose is ``cotangent`` (a linear map of ``dy``).
+
+    The VJP of a linear map, taken at zero, is its transpose; unlike
+    ``jax.linear_transpose`` it accepts closures over traced values. Under ``jit``
+    the unused evaluation at zero is dead code.
+    """
+    zero = jax.numpy.zeros(y_like.shape, y_like.dtype)
+    return lambda v: jax.vjp(cotangent, zero)[1](v)[0]
 
 
 def bilinear(primal: Fn, dx: Fn | None = None, dw: Fn | None = None) -> Fn:

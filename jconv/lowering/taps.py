@@ -105,8 +105,11 @@ def shift(x, w, spec: ConvSpec):
     if w.shape[1] > 1:  # wider groups: the weight gradient of per-group XLA convs
         from jconv.lowering import dense
 
+        wshape, wdtype = w.shape, w.dtype
+
         def dw(x, dy):
-            return jax.vjp(lambda v: dense.pergroup(x, v, spec), jnp.zeros_like(w))[1](dy)[0]
+            zero = jnp.zeros(wshape, wdtype)  # any point will do: linear in the weight
+            return jax.vjp(lambda v: dense.pergroup(x, v, spec), zero)[1](dy)[0]
 
     return custom.bilinear(primal, dx=dx if stride_one else None, dw=dw)(x, w)
 
