@@ -31,7 +31,7 @@ def _case_for(algorithm: str, seed: int):
 
 
 @pytest.mark.parametrize("algorithm", FORWARD)
-@pytest.mark.parametrize("seed", range(6000, 6016))
+@pytest.mark.parametrize("seed", range(6000, 6010))
 def test_lowering_equals_xla_forward_and_gradients(algorithm, seed):
     """y, dx, dw and db of each lowering equal the "xla" lowering's on random configs
     (1/2/3-d, every padding form and mode, stride, dilation, dense/grouped/depthwise)."""

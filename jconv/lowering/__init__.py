@@ -27,9 +27,10 @@ Lowerings:
   as a stride-1 one over space-to-depth channels; a 3-d convolution as a 2-d one
   with the kernel's depth taps in the channels.
 
-Forms whose fast gradient is not autodiff's own state it with
-:func:`jconv.lowering.custom.bilinear` (a ``custom_jvp``), so forward mode,
-``vmap`` and higher orders still work.
+Forms whose fast gradients are not autodiff's own bind
+:func:`jconv.lowering.custom.bilinear`, a primitive declared bilinear with
+those gradients as its transposes, so forward mode, ``vmap`` and higher orders
+still work.
 """
 
 from __future__ import annotations

@@ -1,55 +1,87 @@
 """Bilinear convolutions whose derivatives run through chosen fast forms.
 
-A convolution ``y = f(x, w)`` is bilinear, so its tangent is
-``f(ẋ, w) + f(x, ẇ)`` and reverse mode only transposes those two linear maps.
-:func:`bilinear` states the tangent with ``jax.custom_jvp`` and writes each
-linear map as the transpose of a fast *cotangent* form (``dy -> dx`` or
-``dy -> dw``). Reverse mode transposes the transpose back into that fast form;
-forward mode, ``vmap`` and higher orders keep working, because nothing here is
-a ``custom_vjp``.
+A convolution ``y = f(x, w)`` is bilinear: its tangent is ``f(ẋ, w) + f(x, ẇ)``,
+and reverse mode only needs the transposes of those two linear maps, a
+``dy -> dx`` and a ``dy -> dw`` form. :func:`bilinear` binds one primitive,
+``jconv_bilinear``, declared bilinear with exactly those transposes
+(``jax.interpreters.ad.defbilinear``, as ``lax.dot_general`` is). So reverse
+mode runs the fast forms directly, while forward mode, ``vmap`` (through the
+primal form), higher orders and sharding (the lowering inlines plain JAX ops)
+keep working.
+
+A lowering registers its three forms once with :func:`register`:
+
+* ``primal(x, w, spec) -> y``;
+* ``dx(w, dy, spec) -> dx`` or None (autodiff of ``primal``);
+* ``dw(x, dy, spec, kernel) -> dw`` or None (autodiff of ``primal``).
+
+Each form must be exactly the transpose of ``primal`` in that argument; the
+lowering tests check every one against ``"xla"``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 Fn = Callable[..., jax.Array]
 
+_FORMS: dict[str, tuple[Fn, Fn | None, Fn | None]] = {}
 
-def transpose_of(cotangent: Fn, y_like: jax.Array) -> Callable[[jax.Array], jax.Array]:
-    """The linear map whose transpose is ``cotangent`` (a linear map of ``dy``).
-
-    The VJP of a linear map, taken at zero, is its transpose; unlike
-    ``jax.linear_transpose`` it accepts closures over traced values. Under ``jit``
-    the unused evaluation at zero is dead code.
-    """
-    zero = jax.numpy.zeros(y_like.shape, y_like.dtype)
-    return lambda v: jax.vjp(cotangent, zero)[1](v)[0]
+bilinear_p = Primitive("jconv_bilinear")
 
 
-def bilinear(primal: Fn, dx: Fn | None = None, dw: Fn | None = None) -> Fn:
-    """``primal(x, w)`` whose reverse mode computes ``dx(w, dy)`` and ``dw(x, dy)``.
+def register(name: str, primal: Fn, dx: Fn | None = None, dw: Fn | None = None) -> None:
+    """Declares lowering ``name``'s primal form and its fast transposes."""
+    _FORMS[name] = (primal, dx, dw)
 
-    Either form may be None: that input's derivative is then ``primal``'s own
-    autodiff. Each given form must be exactly the transpose of ``primal`` in that
-    argument (the lowering tests check this against ``"xla"``).
-    """
-    if dx is None and dw is None:
-        return primal
 
-    @jax.custom_jvp
-    def f(x, w):
-        return primal(x, w)
+def bilinear(name: str, x: jax.Array, w: jax.Array, spec: Any) -> jax.Array:
+    """``primal(x, w, spec)`` of form ``name``, with its registered gradients."""
+    return bilinear_p.bind(x, w, form=name, spec=spec)
 
-    @f.defjvp
-    def _jvp(primals, tangents):
-        x, w = primals
-        x_dot, w_dot = tangents
-        y = primal(x, w)
-        tx = primal(x_dot, w) if dx is None else transpose_of(lambda g: dx(w, g), y)(x_dot)
-        tw = primal(x, w_dot) if dw is None else transpose_of(lambda g: dw(x, g), y)(w_dot)
-        return y, tx + tw
 
-    return f
+def _primal(x, w, *, form: str, spec):
+    return _FORMS[form][0](x, w, spec)
+
+
+def _abstract(x, w, *, form: str, spec):
+    out = jax.eval_shape(lambda a, b: _primal(a, b, form=form, spec=spec), x, w)
+    return jax.core.ShapedArray(out.shape, out.dtype)
+
+
+def _zeros(aval):
+    return jnp.zeros(aval.shape, aval.dtype)
+
+
+def _dx(ct, x, w, *, form: str, spec):
+    primal, dx, _ = _FORMS[form]
+    if dx is not None:
+        return dx(w, ct, spec)
+    return jax.vjp(lambda v: primal(v, w, spec), _zeros(x.aval))[1](ct)[0]
+
+
+def _dw(ct, x, w, *, form: str, spec):
+    primal, _, dw = _FORMS[form]
+    if dw is not None:
+        return dw(x, ct, spec, w.aval.shape[2:])
+    return jax.vjp(lambda v: primal(x, v, spec), _zeros(w.aval))[1](ct)[0]
+
+
+def _batched(args, dims, *, form: str, spec):
+    """vmap runs the primal form on the extra axis (its gradients are autodiff's)."""
+    x, w = (a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims))
+    axes = tuple(None if d is None else 0 for d in dims)
+    return jax.vmap(lambda a, b: _primal(a, b, form=form, spec=spec), axes)(x, w), 0
+
+
+bilinear_p.def_impl(_primal)
+bilinear_p.def_abstract_eval(_abstract)
+mlir.register_lowering(bilinear_p, mlir.lower_fun(_primal, multiple_results=False))
+ad.defbilinear(bilinear_p, _dx, _dw)
+batching.primitive_batchers[bilinear_p] = _batched

@@ -111,6 +111,28 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarra
     return z[(..., *(a.crop for a in axes))]
 
 
+def _forward_spec(spec: ConvSpec) -> ConvSpec:
+    """The strided forward conv this transposed one is the input gradient of."""
+    return spec._replace(
+        transposed=False,
+        pads=tuple((lo, hi - op) for (lo, hi), op in zip(spec.pads, spec.output_padding)),
+        output_padding=(0,) * len(spec.stride),
+    )
+
+
+def _dw(x, dy, spec: ConvSpec, kernel):
+    zero = jnp.zeros((x.shape[1], dy.shape[1] // spec.groups, *kernel), dy.dtype)
+    return jax.vjp(lambda v: conv_transpose(x, v, spec), zero)[1](dy)[0]
+
+
+custom.register(
+    "subpixel",
+    xla.conv_transpose,
+    dx=lambda w, dy, spec: xla.conv(dy, w, _forward_spec(spec)),
+    dw=_dw,
+)
+
+
 def lowering(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
     """The ``"subpixel"`` lowering: XLA's forward, sub-pixel and strided-conv gradients.
 
@@ -121,20 +143,4 @@ def lowering(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
     torch's weight as its (out, in/g) weight); the weight gradient is the
     sub-pixel form's.
     """
-    n = x.ndim - 2
-    forward = spec._replace(
-        transposed=False,
-        pads=tuple((lo, hi - op) for (lo, hi), op in zip(spec.pads, spec.output_padding)),
-        output_padding=(0,) * n,
-    )
-
-    def dx(w, dy):
-        return xla.conv(dy, w, forward)
-
-    wshape, wdtype = w.shape, w.dtype
-
-    def dw(x, dy):
-        zero = jnp.zeros(wshape, wdtype)  # any point will do: linear in the weight
-        return jax.vjp(lambda v: conv_transpose(x, v, spec), zero)[1](dy)[0]
-
-    return custom.bilinear(lambda x, w: xla.conv_transpose(x, w, spec), dx=dx, dw=dw)(x, w)
+    return custom.bilinear("subpixel", x, w, spec)
