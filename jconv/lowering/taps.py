@@ -132,13 +132,13 @@ def depthwise_weight_grad(x, dy, kernel, spec: ConvSpec):
     mult = dy.shape[1] // g
     plane = batch * math.prod(x.shape[2:]) * x.dtype.itemsize
     block = max([b for b in range(1, g + 1) if g % b == 0 and b * plane <= _BLOCK_BYTES] or [1])
-    sub = spec._replace(groups=block)
+    sub, acc = spec._replace(groups=block), _accumulator(dy.dtype)
 
     def one(i):
         xs = lax.dynamic_slice_in_dim(x, i * block, block, axis=1)
         ds = lax.dynamic_slice_in_dim(dy, i * block * mult, block * mult, axis=1)
-        xs = xs.reshape(batch, block, 1, *x.shape[2:])
-        ds = ds.reshape(batch, block, mult, *dy.shape[2:])
+        xs = xs.reshape(batch, block, 1, *x.shape[2:]).astype(acc)
+        ds = ds.reshape(batch, block, mult, *dy.shape[2:]).astype(acc)
         axes = (0, *range(3, ds.ndim))
         return jnp.stack([jnp.sum(xt * ds, axis=axes) for _, xt in windows(xs, kernel, sub)], -1)
 
@@ -161,9 +161,9 @@ def tap_weight_grad(x, dy, kernel, spec: ConvSpec):
                 xt,
                 (((0, *dims), (0, *dims)), ((1,), (1,))),
                 precision=spec.precision,
-                preferred_element_type=spec.preferred_element_type,
+                preferred_element_type=_accumulator(dy.dtype),
             )
-        )  # (g, O/g, C/g)
+        )  # (g, O/g, C/g), summed in float32 or wider
     dw = jnp.stack(rows, axis=-1).astype(dy.dtype)
     return dw.reshape(cout, cin // g, *kernel)
 
