@@ -14,10 +14,9 @@ convolution handles slowly.
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
 
 from jconv.lowering import ConvSpec, xla
-from jconv.lowering.taps import out_spatial, windows
+from jconv.lowering.taps import accumulator, out_spatial, pad_trailing, windows
 
 
 def matmul(x, w, spec: ConvSpec):
@@ -58,14 +57,11 @@ def fft(x, w, spec: ConvSpec):
     n, g = x.ndim - 2, spec.groups
     batch, (cout, per_in), kernel = x.shape[0], w.shape[:2], w.shape[2:]
     dtype = spec.preferred_element_type or x.dtype
-    acc = jnp.promote_types(dtype, jnp.float32)
-    pads = [(0, 0, 0)] * 2 + [(lo, hi, 0) for lo, hi in spec.pads]
-    xp = lax.pad(x.astype(acc), jnp.zeros((), acc), pads)
+    acc = accumulator(dtype)
+    xp = pad_trailing(x.astype(acc), spec.pads)
     padded = xp.shape[2:]
     # the dilated, flipped kernel: convolution by it is correlation by w
-    wd = lax.pad(
-        w.astype(acc), jnp.zeros((), acc), [(0, 0, 0)] * 2 + [(0, 0, d - 1) for d in spec.dilation]
-    )
+    wd = pad_trailing(w.astype(acc), [(0, 0)] * n, [d - 1 for d in spec.dilation])
     wd = jnp.flip(wd, tuple(range(2, n + 2)))
     sizes = [_fft_size(p) for p in padded]
     axes = tuple(range(-n, 0))

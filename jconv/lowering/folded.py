@@ -21,13 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jconv.lowering import ConvSpec, xla
-from jconv.lowering.taps import out_spatial
-
-
-def _pad(x, pads):
-    """Zero pads (lo, hi) per spatial dim; negative values crop."""
-    cfg = [(0, 0, 0)] * (x.ndim - len(pads)) + [(lo, hi, 0) for lo, hi in pads]
-    return lax.pad(x, jnp.zeros((), x.dtype), cfg)
+from jconv.lowering.taps import out_spatial, pad_trailing
 
 
 def s2d(x, w, spec: ConvSpec):
@@ -39,12 +33,10 @@ def s2d(x, w, spec: ConvSpec):
     ext = [d * (k - 1) + 1 for k, d in zip(kernel, spec.dilation)]
     blocks = [-(-e // s) for e, s in zip(ext, spec.stride)]
     used = [(o - 1 + b) * s for o, b, s in zip(out, blocks, spec.stride)]
-    x = _pad(x, [(lo, u - i - lo) for u, i, (lo, _) in zip(used, x.shape[2:], spec.pads)])
+    x = pad_trailing(x, [(lo, u - i - lo) for u, i, (lo, _) in zip(used, x.shape[2:], spec.pads)])
     # the dilated kernel, zero-padded to whole blocks
-    wcfg = [(0, 0, 0)] * 2 + [
-        (0, b * s - e, d - 1) for b, s, e, d in zip(blocks, spec.stride, ext, spec.dilation)
-    ]
-    w = lax.pad(w, jnp.zeros((), w.dtype), wcfg)
+    tails = [(0, b * s - e) for b, s, e in zip(blocks, spec.stride, ext)]
+    w = pad_trailing(w, tails, [d - 1 for d in spec.dilation])
     batch, cin, cout = x.shape[0], x.shape[1], w.shape[0]
     # (N, C, B0, s0, B1, s1, ...) -> (N, C, s0, s1, ..., B0, B1, ...)
     split = [v for u, s in zip(used, spec.stride) for v in (u // s, s)]
@@ -68,7 +60,7 @@ def fold(x, w, spec: ConvSpec):
         spec.dilation,
         spec.stride,
     )
-    xp = _pad(x, [spec.pads[0], (0, 0), (0, 0)])
+    xp = pad_trailing(x, [spec.pads[0], (0, 0), (0, 0)])
     taps = [
         lax.slice_in_dim(xp, t * d0, t * d0 + s0 * (depth - 1) + 1, s0, axis=2) for t in range(kd)
     ]  # each (N, C, D', H, W)

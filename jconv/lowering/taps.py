@@ -47,6 +47,15 @@ def _axis_window(size: int, start: int, step: int, out: int):
     return start + step * q_lo, start + step * q_hi + 1, q_lo, out - 1 - q_hi
 
 
+def pad_trailing(x, pads, interior=None):
+    """Zero-pads the trailing ``len(pads)`` dims of ``x`` by (lo, hi) pairs (negative
+    values crop), with ``interior`` zeros between elements where given."""
+    interior = interior or (0,) * len(pads)
+    cfg = [(0, 0, 0)] * (x.ndim - len(pads))
+    cfg += [(lo, hi, i) for (lo, hi), i in zip(pads, interior)]
+    return lax.pad(x, jnp.zeros((), x.dtype), cfg)
+
+
 def windows(x, kernel, spec: ConvSpec, fuse_pads: bool = False):
     """``(t, x_t)`` per kernel tap; ``x`` is (..., *sp), ``x_t`` is (..., *out).
 
@@ -59,9 +68,8 @@ def windows(x, kernel, spec: ConvSpec, fuse_pads: bool = False):
     n = len(kernel)
     lead, spatial = x.ndim - n, x.shape[-n:]
     out = out_spatial(spatial, kernel, spec)
-    zero = jnp.zeros((), x.dtype)
     if not fuse_pads:
-        x = lax.pad(x, zero, [(0, 0, 0)] * lead + [(lo, hi, 0) for lo, hi in spec.pads])
+        x = pad_trailing(x, spec.pads)
         spec = spec._replace(pads=((0, 0),) * n)  # negative pads above cropped x
         spatial = x.shape[-n:]
     for t in np.ndindex(*kernel):
@@ -81,11 +89,12 @@ def windows(x, kernel, spec: ConvSpec, fuse_pads: bool = False):
             [1] * lead + list(spec.stride),
         )
         if fuse_pads:
-            xt = lax.pad(xt, zero, [(0, 0, 0)] * lead + [(a[2], a[3], 0) for a in axes])
+            xt = pad_trailing(xt, [(a[2], a[3]) for a in axes])
         yield t, xt
 
 
-def _accumulator(dtype):
+def accumulator(dtype):
+    """The dtype sums run in: float32 or wider."""
     return jnp.promote_types(dtype, jnp.float32)
 
 
@@ -94,7 +103,7 @@ def shift_conv(x, w, spec: ConvSpec):
     n, g = x.ndim - 2, spec.groups
     batch, (cout, per_in), kernel = x.shape[0], w.shape[:2], w.shape[2:]
     dtype = spec.preferred_element_type or x.dtype
-    acc = _accumulator(dtype)
+    acc = accumulator(dtype)
     xg = x.reshape(batch, g, per_in, *x.shape[2:]).astype(acc)
     wg = w.reshape(g, cout // g, per_in, *kernel).astype(acc)
     y = None
@@ -162,7 +171,7 @@ def depthwise_weight_grad(x, dy, kernel, spec: ConvSpec):
     mult = dy.shape[1] // g
     plane = batch * math.prod(x.shape[2:]) * x.dtype.itemsize
     block = max([b for b in range(1, g + 1) if g % b == 0 and b * plane <= _BLOCK_BYTES] or [1])
-    sub, acc = spec._replace(groups=block), _accumulator(dy.dtype)
+    sub, acc = spec._replace(groups=block), accumulator(dy.dtype)
 
     def one(i):
         xs = lax.dynamic_slice_in_dim(x, i * block, block, axis=1)
@@ -191,7 +200,7 @@ def tap_weight_grad(x, dy, kernel, spec: ConvSpec):
                 xt,
                 (((0, *dims), (0, *dims)), ((1,), (1,))),
                 precision=spec.precision,
-                preferred_element_type=_accumulator(dy.dtype),
+                preferred_element_type=accumulator(dy.dtype),
             )
         )  # (g, O/g, C/g), summed in float32 or wider
     dw = jnp.stack(rows, axis=-1).astype(dy.dtype)
