@@ -6,6 +6,13 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jconv
+from jconv.chain import parse_layer, trace
 from jconv.cli import main
 from jconv.demo import walkthrough
 from jconv.lowering import ALGORITHMS
@@ -52,7 +59,7 @@ def test_help_lists_every_subcommand():
         [sys.executable, "-m", "jconv", "--help"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0
-    for command in ("demo", "bench"):
+    for command in ("demo", "shape", "bench"):
         assert command in out.stdout
 
 
@@ -79,3 +86,154 @@ def test_bench_writes_json_and_chart_and_shows_progress(tmp_path):
 
 def test_bench_rejects_an_unknown_case():
     assert main(["bench", "--cases", "resnet3x3,nope"]) == 2
+
+
+EXAMPLE = [
+    "1,3,224,224",
+    "Conv2d(3,64,7,stride=2,padding=3)",
+    "Conv2d(64,128,3,stride=2,padding=1,groups=4)",
+    "ConvTranspose2d(128,64,4,stride=2,padding=1)",
+]
+
+
+def _shape_json(capsys, *argv):
+    code = main(["shape", "--json", *argv])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out), captured.err
+
+
+def test_shape_prints_the_table_of_the_issue_example():
+    out = subprocess.run(
+        [sys.executable, "-m", "jconv", "shape", *EXAMPLE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "output shape" in lines[0] and "receptive field" in lines[0]
+    assert "(1, 64, 112, 112)" in out.stdout and "(1, 128, 56, 56)" in out.stdout
+    last = next(line for line in lines if line.startswith("3 "))
+    assert "(1, 64, 112, 112)" in last and "131,136" in last and last.endswith("15x15")
+    assert lines[-1].split()[:2] == ["total", "159,168"]
+
+
+def test_shape_json_agrees_with_the_library(capsys):
+    code, report, err = _shape_json(capsys, *EXAMPLE)
+    assert code == 0 and err == ""
+    shape = (1, 3, 224, 224)
+    for row, text in zip(report["layers"], EXAMPLE[1:], strict=True):
+        cfg = parse_layer(text)
+        assert row["input_shape"] == list(shape)
+        assert row["params"] == jconv.num_params(cfg)
+        assert row["flops"] == jconv.flops(cfg, shape)
+        shape = jconv.output_shape(cfg, shape)
+        assert row["output_shape"] == list(shape)
+    assert [r["receptive_field"] for r in report["layers"]] == [[7, 7], [11, 11], [15, 15]]
+    assert report["output_shape"] == [1, 64, 112, 112]
+    assert report["total_params"] == sum(r["params"] for r in report["layers"])
+    assert "error" not in report
+
+
+def test_shape_takes_unbatched_input_and_torch_prefixes(capsys):
+    code, report, _ = _shape_json(
+        capsys, "4x100", "nn.Conv1d(4, 8, 5, dilation=2)", "jconv.Conv1d(8, 8, 3, padding='same')"
+    )
+    assert code == 0
+    assert [r["output_shape"] for r in report["layers"]] == [[8, 92], [8, 92]]
+    assert [r["receptive_field"] for r in report["layers"]] == [[9], [11]]
+
+
+CHAINS = [
+    [
+        "Conv2d(3, 8, 3, stride=2)",
+        "Conv2d(8, 8, 3, dilation=2)",
+        "ConvTranspose2d(8, 4, 3, stride=2)",
+    ],
+    ["ConvTranspose2d(3, 4, 4, stride=2, padding=1)", "Conv2d(4, 4, 3, padding=1)"],
+    [
+        "ConvTranspose2d(3, 4, 3, stride=3)",
+        "ConvTranspose2d(4, 4, 2, stride=2, dilation=2)",
+        "Conv2d(4, 4, 3, stride=2)",
+    ],
+    [
+        "Conv2d(3, 6, (3, 5), stride=(1, 2), dilation=(2, 1), padding=2, groups=3)",
+        "Conv2d(6, 6, 1)",
+    ],
+]
+
+
+@pytest.mark.parametrize("layers", CHAINS, ids=range(len(CHAINS)))
+def test_receptive_field_matches_the_gradients_support(layers):
+    """With positive weights, d out[pos] / d input is non-zero exactly where out[pos] looks."""
+    size = 40
+    rows = trace((1, 3, size, size), layers)
+    cfgs = [parse_layer(t) for t in layers]
+    params = [
+        jconv.load_state_dict(
+            c, {"weight": np.ones(c.weight_shape), "bias": np.zeros(c.out_channels)}
+        )
+        for c in cfgs
+    ]
+
+    def net(x):
+        for p in params:
+            x = jconv.apply(p, x)
+        return x
+
+    y, pullback = jax.vjp(net, jnp.ones((1, 3, size, size)))
+    out_h, out_w = y.shape[-2:]
+    widest = [0, 0]
+    for ph in range(out_h // 2 - 3, out_h // 2 + 3):  # central positions: borders do not clip
+        for pw in range(out_w // 2 - 3, out_w // 2 + 3):
+            (g,) = pullback(jnp.zeros_like(y).at[0, 0, ph, pw].set(1.0))
+            rows_hit = np.flatnonzero(np.asarray(jnp.abs(g).sum(axis=(0, 1, 3))))
+            cols_hit = np.flatnonzero(np.asarray(jnp.abs(g).sum(axis=(0, 1, 2))))
+            assert 0 < rows_hit[0] and rows_hit[-1] < size - 1
+            widest = [max(widest[0], np.ptp(rows_hit) + 1), max(widest[1], np.ptp(cols_hit) + 1)]
+    assert tuple(widest) == rows[-1].receptive_field
+
+
+BAD_CHAINS = [
+    # (argv after "shape", layer that fails, words in the reason)
+    (["1,3,32,32", "Conv2d(3,64,3)", "Conv2d(32,64,3)"], 2, ["32 channels", "64 channels"]),
+    (["1,3,8,8", "Conv2d(3,4,5)", "Conv2d(4,4,5)"], 2, ["Kernel size", "(4 x 4)"]),
+    (["1,3,8,8", "Conv2d(3,4,3,stride=2)", "ConvTranspose2d(4,4,3,padding=5)"], 2, ["too small"]),
+    (["1,3,8,8", "Conv2d(3,4,3)", "Conv1d(4,4,3)"], 2, ["1-d layer cannot follow a 2-d"]),
+    (["1,3,8,8", "Conv2d(3,4,3,groups=2)"], 1, ["in_channels", "groups"]),
+    (["1,3,8,8", "Conv2d(3,4,3,padding='middle')"], 1, ["padding", "'middle'"]),
+    (["1,3,8,8", "Conv2d(3,4,3,stride=0)"], 1, ["stride"]),
+    (["1,3,8,8", "Linear(3,4)"], 1, ["'Linear(3,4)' is not a layer", "Conv2d"]),
+    (["1,3,8,8", "__import__('os').system('true')"], 1, ["is not a layer"]),
+    (["1,3,8,8", "Conv2d(3, 4, k)"], 1, ["arguments must be literals"]),
+    (["1,3,8,8", "Conv2d(3, 4"], 1, ["cannot parse"]),
+    (["1,3,8,8", "Conv2d(3, 4, 3, nope=1)"], 1, ["nope"]),
+]
+
+
+@pytest.mark.parametrize("argv, index, words", BAD_CHAINS, ids=range(len(BAD_CHAINS)))
+def test_shape_reports_the_failing_layer(capsys, argv, index, words):
+    code = main(["shape", *argv])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.startswith(f"error: layer {index} ")
+    for word in words:
+        assert word in captured.err
+    for earlier in range(1, index):  # the layers that fit are still shown
+        assert any(line.startswith(f"{earlier} ") for line in captured.out.splitlines())
+    code, report, _ = _shape_json(capsys, *argv)
+    assert code == 1
+    assert report["error"]["layer"] == index and len(report["layers"]) == index - 1
+    assert all(word in report["error"]["reason"] for word in words)
+
+
+@pytest.mark.parametrize("shape", ["a,b", "", "1,-3,8,8"])
+def test_shape_rejects_a_bad_input_shape(capsys, shape):
+    assert main(["shape", shape, "Conv2d(3,4,3)"]) == 2
+    assert "input shape" in capsys.readouterr().err
+
+
+def test_shape_needs_at_least_one_layer(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["shape", "1,3,8,8"])
+    assert done.value.code == 2
