@@ -7,6 +7,7 @@ outputs that run produced (the only way outputs get into the repository).
 from __future__ import annotations
 
 import pathlib
+import re
 import sys
 
 import pytest
@@ -37,11 +38,12 @@ def _text(nb) -> str:
 def test_there_are_notebooks():
     assert any(p.name.startswith("01_") for p in NOTEBOOKS)
     assert any(p.name.startswith("02_") for p in NOTEBOOKS)
+    assert any(p.name.startswith("03_") for p in NOTEBOOKS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_on_a_fresh_kernel(path):
-    if path.name.startswith("02_"):  # ports a torch model: needs the oracle
+    if path.name.startswith("03_"):  # ports a torch model: needs the oracle
         pytest.importorskip("torch")
         pytest.importorskip("optax")
     nb = execute(path)
@@ -56,6 +58,13 @@ def test_notebook_runs_on_a_fresh_kernel(path):
         assert "valid sizes range from (7, 7) to (8, 8)" in text
         assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     if path.name.startswith("02_"):
+        accuracy = re.search(r"^test accuracy: ([0-9.]+)$", text, re.MULTILINE)
+        assert accuracy is not None, text[-2000:]
+        assert float(accuracy.group(1)) >= 0.97
+        assert "training: 100%" in text  # the progress bar reached the end
+        pngs = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+        assert pngs >= 4  # digits, loss curve, first-layer kernels, feature maps
+    if path.name.startswith("03_"):
         assert "output (16, 10)  max |jconv - torch| =" in text
         assert "same as load_state_dict: True" in text
         assert "is a torch.save checkpoint" in text and "never unpickles" in text
