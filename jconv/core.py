@@ -13,6 +13,7 @@ import numpy as np
 
 from jconv import lowering, shapes
 from jconv import padding as _padding
+from jconv.lowering.placement import output_spec, placement
 
 
 def _check_params(cfg, weight, bias) -> None:
@@ -55,28 +56,35 @@ def _as_array(x, name: str):
 def forward(cfg, weight, bias, x, output_size=None):
     """``cfg`` applied to ``x`` (N, C_in, *sp) or (C_in, *sp) -> (N, C_out, *sp_out)."""
     x = _as_array(x, type(cfg).__name__)
-    batched, out_pad, _ = shapes.resolve(cfg, x.shape, output_size, x.dtype)
+    batched, out_pad, out_shape = shapes.resolve(cfg, x.shape, output_size, x.dtype)
     _check_params(cfg, weight, bias)
     if not batched:
         x = x[None]
     dtype = cfg.compute_dtype or jnp.result_type(x.dtype, weight.dtype)
     x, w = x.astype(dtype), jnp.asarray(weight).astype(dtype)
-    pads = cfg.pads
-    if cfg.padding_mode != "zeros":
-        x = _padding.apply_mode(x, pads, cfg.padding_mode)
-        pads = ((0, 0),) * cfg.ndim
+    place = placement(x)
+    name = lowering.plan(cfg, x.shape, dtype, jax.default_backend(), place.devices, place.sharded)
     spec = lowering.ConvSpec(
         transposed=cfg.transposed,
         stride=cfg.stride,
-        pads=pads,
+        pads=cfg.pads if cfg.padding_mode == "zeros" else ((0, 0),) * cfg.ndim,
         dilation=cfg.dilation,
         groups=cfg.groups,
         output_padding=out_pad,
         precision=cfg.precision,
         preferred_element_type=cfg.preferred_element_type,
     )
-    name = lowering.plan(cfg, x.shape, dtype, jax.default_backend(), jax.device_count())
-    y = lowering.run(name, x, w, spec)
+
+    def conv(x, w):
+        if cfg.padding_mode != "zeros":
+            x = _padding.apply_mode(x, cfg.pads, cfg.padding_mode)
+        return lowering.run(name, x, w, spec)
+
+    if place.explicit:  # explicit-mode sharding: let GSPMD partition the lowering
+        out_shape = (x.shape[0], *out_shape[-cfg.ndim - 1 :])
+        out = output_spec(place.sharding, out_shape)
+        conv = jax.sharding.auto_axes(conv, axes=place.explicit, out_sharding=out)
+    y = conv(x, w)
     if bias is not None:
         y = y + jnp.asarray(bias).astype(y.dtype).reshape((-1,) + (1,) * cfg.ndim)
     return y if batched else y[0]

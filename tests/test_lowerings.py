@@ -144,6 +144,47 @@ def test_planner_picks_by_layer_family_on_cpu_and_xla_elsewhere(cfg, want):
     assert plan(forced, shape, jnp.float32, "cpu") == "xla"
 
 
+BATCH_2D, HEIGHT_2D = (True, False, False, False), (False, False, True, False)
+BATCH_3D, DEPTH_3D = (True, False, False, False, False), (False, False, True, False, False)
+
+
+@pytest.mark.parametrize(
+    "cfg, backend, sharded, want",
+    [
+        # what XLA's partitioner would gather is never planned on a split input
+        (jconv.Conv2d(64, 64, 31, padding=15, groups=64), "cpu", BATCH_2D, "xla"),
+        (jconv.Conv2d(64, 64, 31, padding=15, groups=64), "cpu", None, "xla"),
+        (jconv.Conv3d(32, 32, 3, padding=1), "cpu", BATCH_3D, "fold"),
+        (jconv.Conv3d(32, 32, 3, padding=1), "cpu", DEPTH_3D, "xla"),
+        (jconv.Conv3d(32, 32, 3, padding=1), "cpu", None, "xla"),
+        (jconv.Conv2d(128, 128, 3, padding=1, groups=4), "gpu", BATCH_2D, "pergroup"),
+        (jconv.Conv2d(128, 128, 3, padding=1, groups=4), "tpu", None, "pergroup"),
+        (jconv.Conv2d(128, 128, 3, padding=1, groups=128), "gpu", HEIGHT_2D, "xla"),
+        (jconv.Conv2d(128, 128, 1, groups=4), "gpu", BATCH_2D, "pergroup"),
+        (jconv.ConvTranspose2d(128, 64, 4, stride=2, padding=1), "gpu", HEIGHT_2D, "subpixel"),
+        (jconv.ConvTranspose2d(128, 64, 4, stride=2, padding=1), "gpu", BATCH_2D, "xla"),
+        (
+            jconv.ConvTranspose2d(128, 64, 4, stride=2, padding=1, groups=2),
+            "cpu",
+            BATCH_2D,
+            "pergroup",
+        ),
+        (jconv.ConvTranspose2d(128, 64, 3, padding=1, groups=2), "gpu", None, "pergroup"),
+        # known to be unsplit: the one-device choice
+        (jconv.Conv2d(64, 64, 31, padding=15, groups=64), "cpu", (False,) * 4, "fft"),
+        (jconv.Conv2d(128, 128, 3, padding=1, groups=4), "gpu", (False,) * 4, "xla"),
+    ],
+)
+def test_planner_keeps_split_inputs_on_lowerings_the_partitioner_keeps_local(
+    cfg, backend, sharded, want
+):
+    shape = (8, cfg.in_channels) + (16,) * cfg.ndim
+    assert plan(cfg, shape, jnp.float32, backend, 8, sharded) == want
+    assert plan(cfg, shape, jnp.float32, backend, 1, sharded) == plan(
+        cfg, shape, jnp.float32, backend
+    )
+
+
 def test_planner_is_a_pure_function_of_its_arguments():
     cfg = jconv.Conv2d(8, 8, 3, groups=8)
     first = plan(cfg, (2, 8, 9, 9), jnp.float32, "cpu")

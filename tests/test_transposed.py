@@ -73,14 +73,15 @@ def test_forward_matches_numpy_reference(seed):
 
 @pytest.mark.parametrize("seed", range(4000, 4040))
 def test_lowerings_agree_forward_and_gradients(seed):
-    """ "subpixel" and "xla" give the same numbers, forward and every gradient."""
+    """ "subpixel" and "pergroup" give "xla"'s numbers, forward and every gradient."""
     case = random_transposed_case(seed)
     results = []
-    for algorithm in ("xla", "subpixel"):
+    for algorithm in ("xla", "subpixel", "pergroup"):
         cfg = case.cfg(algorithm=algorithm)
         x, w, b, gy = arrays_for(case, cfg)
         results.append(jconv_grads(cfg, x, w, b, gy, case.jit, case.output_size))
-    assert_matches(*results, case, 1e-5)
+    assert_matches(results[1], results[0], case, 1e-5)
+    assert_matches(results[2], results[0], case, 1e-5)
 
 
 @pytest.mark.parametrize("seed", range(5000, 5040))

@@ -2,8 +2,8 @@
 
 A lowering computes one convolution from a :class:`ConvSpec` (everything static,
 input already padded for non-zero padding modes). The planner is a pure function
-of (config, input shape, dtype, backend, device count): no global state, no
-timing at run time.
+of (config, input shape, dtype, backend, device count, which input axes are
+sharded): no global state, no timing at run time.
 Every lowering must equal the ``"xla"`` one to float32 rounding, forward and
 gradients.
 
@@ -21,8 +21,8 @@ Lowerings:
   tap, as multiply-adds (depthwise and narrow groups) or with a matrix product
   per tap for the weight gradient (dense).
 * ``"matmul"``, ``"fft"``, ``"pergroup"`` (:mod:`jconv.lowering.dense`): 1×1
-  kernels as a matrix product, large kernels through the FFT, wide groups as
-  one ungrouped convolution per group.
+  kernels as a matrix product, large kernels through the FFT, groups as one
+  ungrouped convolution per group (forward or transposed).
 * ``"s2d"``, ``"fold"`` (:mod:`jconv.lowering.folded`): a strided convolution
   as a stride-1 one over space-to-depth channels; a 3-d convolution as a 2-d one
   with the kernel's depth taps in the channels.
@@ -54,7 +54,7 @@ ALGORITHMS = (
     "fold",
 )
 _TRANSPOSED_ONLY = ("subpixel",)
-_FORWARD_ONLY = ("shift", "tapgrad", "matmul", "fft", "pergroup", "s2d", "fold")
+_FORWARD_ONLY = ("shift", "tapgrad", "matmul", "fft", "s2d", "fold")
 
 
 class ConvSpec(NamedTuple):
@@ -90,7 +90,7 @@ def check_algorithm(algorithm: object, transposed: bool, kernel_size: tuple[int,
     if algorithm in _FORWARD_ONLY and transposed:
         raise ValueError(
             f"algorithm={algorithm!r} computes forward convolutions only; use "
-            "algorithm='auto', 'xla' or 'subpixel' for a transposed one"
+            "algorithm='auto', 'xla', 'subpixel' or 'pergroup' for a transposed one"
         )
     if algorithm == "fold" and len(kernel_size) != 3:
         raise ValueError(
@@ -104,42 +104,75 @@ def check_algorithm(algorithm: object, transposed: bool, kernel_size: tuple[int,
         )
 
 
-def plan(cfg: Any, x_shape: tuple[int, ...], dtype: Any, backend: str, devices: int = 1) -> str:
+def _splits(devices: int, sharded: tuple[bool, ...] | None) -> tuple[bool, bool]:
+    """Whether the batch, and whether any spatial axis, may be split across devices."""
+    if devices <= 1:
+        return False, False
+    if sharded is None:  # unknown (GSPMD decides): assume any axis may be split
+        return True, True
+    return any(sharded[:2]), any(sharded[2:])
+
+
+def plan(
+    cfg: Any,
+    x_shape: tuple[int, ...],
+    dtype: Any,
+    backend: str,
+    devices: int = 1,
+    sharded: tuple[bool, ...] | None = None,
+) -> str:
     """Name of the lowering for this call; ``cfg.algorithm`` forces one.
 
-    Off CPU everything runs ``"xla"`` (cuDNN and TPU convolutions are fast). On
-    CPU, by layer family (see ``python -m jconv bench``):
+    ``devices`` is how many devices the input may span; ``sharded`` says, per
+    axis of the batched input (N, C, *spatial), whether it is split across them,
+    or is None when unknown (under ``jit`` in GSPMD's auto mode), which counts as
+    "any axis may be". Split inputs only get lowerings that XLA's partitioner
+    keeps local: no ``"fft"`` (its batch is gathered), no ``"fold"`` across a
+    split space axis, and never one grouped XLA convolution (openxla/xla#47945
+    gathers it), which runs ``"pergroup"`` instead.
+
+    Off CPU everything else runs ``"xla"`` (cuDNN and TPU convolutions are fast);
+    a strided transposed conv split in space runs ``"subpixel"``, whose forward
+    is XLA's but whose weight gradient is not gathered. On CPU, by layer family
+    (see ``python -m jconv bench``):
 
     * transposed, strided: ``"subpixel"``;
     * 1×1 kernels: ``"matmul"``;
     * depthwise (one input channel per group): ``"shift"`` up to 7×7 taps,
-      ``"fft"`` above on one device (XLA's partitioner gathers an FFT's batch, so
-      with ``devices`` > 1 large kernels stay on ``"xla"``);
+      ``"fft"`` above (``"xla"`` when split);
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
       ``"pergroup"`` beyond;
-    * dense 3-d: ``"fold"``;
+    * dense 3-d: ``"fold"`` (``"xla"`` when split in space);
     * dense 2-d with ≥ 16 input channels and ≤ 9 taps: ``"tapgrad"``;
     * everything else: ``"xla"``.
     """
     del x_shape, dtype
     if cfg.algorithm != "auto":
         return cfg.algorithm
-    if backend != "cpu":
-        return "xla"
-    if cfg.transposed:
-        return "subpixel" if any(s > 1 for s in cfg.stride) else "xla"
+    batch_split, space_split = _splits(devices, sharded)
+    split = batch_split or space_split
     taps = math.prod(cfg.kernel_size)
     per_group = cfg.in_channels // cfg.groups
+    grouped = cfg.groups > 1 and per_group > 1  # grouped, not depthwise
+    strided = any(s > 1 for s in cfg.stride)
+    if cfg.transposed:
+        if grouped and split:
+            return "pergroup"
+        if strided and (backend == "cpu" or space_split):
+            return "subpixel"
+        return "xla"
+    if backend != "cpu":
+        return "pergroup" if grouped and split else "xla"
     if taps == 1:
         return "matmul"
     if cfg.groups > 1:
         if per_group == 1:
             if taps <= 49:
                 return "shift"
-            return "fft" if devices == 1 else "xla"
+            return "xla" if split else "fft"
         return "shift" if per_group * taps <= 64 else "pergroup"
     if cfg.ndim == 3:
-        return "fold"
+        return "xla" if space_split else "fold"
     if cfg.ndim == 2 and per_group >= 16 and taps <= 9:
         return "tapgrad"
     return "xla"
@@ -155,7 +188,11 @@ def run(name: str, x, w, spec: ConvSpec):
     from jconv.lowering import dense, folded, subpixel, taps, xla
 
     if spec.transposed:
-        lowerings = {"xla": xla.conv_transpose, "subpixel": subpixel.lowering}
+        lowerings = {
+            "xla": xla.conv_transpose,
+            "subpixel": subpixel.lowering,
+            "pergroup": dense.pergroup,
+        }
     else:
         lowerings = {
             "xla": xla.conv,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jconv.lowering import ConvSpec, xla
+from jconv.lowering import ConvSpec, subpixel, xla
 from jconv.lowering.taps import accumulator, out_spatial, pad_trailing, windows
 
 
@@ -80,14 +80,24 @@ def fft(x, w, spec: ConvSpec):
 
 
 def pergroup(x, w, spec: ConvSpec):
-    """A grouped conv as one ungrouped XLA conv per group, concatenated."""
+    """A grouped conv as one ungrouped conv per group, concatenated over channels.
+
+    Forward: group ``i`` takes input channels and weight rows (output channels)
+    ``i·C/g ..``. Transposed: the weight's rows are input channels, and each
+    group runs the ``"subpixel"`` form when strided, else XLA's.
+    """
     g = spec.groups
-    cin, cout = x.shape[1], w.shape[0]
+    cin = x.shape[1]
+    rows = cin if spec.transposed else w.shape[0]
     one = spec._replace(groups=1)
+    if not spec.transposed:
+        inner = xla.conv
+    elif any(s > 1 for s in spec.stride):
+        inner = subpixel.lowering
+    else:
+        inner = xla.conv_transpose
     parts = [
-        xla.conv(
-            x[:, i * cin // g : (i + 1) * cin // g], w[i * cout // g : (i + 1) * cout // g], one
-        )
+        inner(x[:, i * cin // g : (i + 1) * cin // g], w[i * rows // g : (i + 1) * rows // g], one)
         for i in range(g)
     ]
     return jnp.concatenate(parts, axis=1)
