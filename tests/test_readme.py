@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -34,3 +37,21 @@ def test_training_loop_snippet_trains_and_saves(tmp_path, monkeypatch):
     assert sorted(jconv.state_dict(loaded)) == ["0.bias", "0.weight", "1.bias", "1.weight"]
     first = jconv.state_dict(loaded)["0.weight"]
     assert first.shape == (16, 1, 3, 3) and np.isfinite(first).all()
+
+
+def test_scaling_out_snippet_runs_on_8_host_devices():
+    pytest.importorskip("optax")
+    code = _python_block("Scaling out")
+    assert code.startswith('import os\nos.environ["XLA_FLAGS"]')  # set before jax starts
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "x on P('data',)" in out
+    assert "output (1, 16, 2048, 2048) split P(None, None, 'data')" in out
+    assert "all-gather: 0  collective-permute: True" in out
