@@ -10,6 +10,8 @@ before jax starts. The scripts print JSON; the assertions are here.
   communicates by collective-permute (the halo) only.
 * The same in explicit-sharding mode (``jax.make_mesh`` + ``jax.set_mesh``).
 * A data-parallel optax step equals one device's.
+* Every lowering runs inside ``shard_map``: gradients (a replicated weight's
+  summed over devices) and jvp equal one device's.
 """
 
 from __future__ import annotations
@@ -175,6 +177,48 @@ DP_STEP = textwrap.dedent(
 )
 
 
+SHARD_MAP = textwrap.dedent(
+    """
+    import dataclasses
+    mesh = jax.make_mesh((8,), ("b",), axis_types=(AxisType.Explicit,))
+    cases = [
+        ("xla", jconv.Conv2d(8, 8, 3, padding=1, groups=2)),
+        ("shift", jconv.Conv2d(16, 16, 3, padding=1, groups=4)),
+        ("shift", jconv.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)),
+        ("tapgrad", jconv.Conv2d(16, 16, 3, padding=1)),
+        ("matmul", jconv.Conv2d(8, 8, 1)),
+        ("fft", jconv.Conv2d(8, 8, 5, padding=2, groups=8)),
+        ("pergroup", jconv.Conv2d(8, 8, 3, padding=1, groups=2)),
+        ("s2d", jconv.Conv2d(3, 8, 3, stride=2, padding=1)),
+        ("fold", jconv.Conv3d(4, 4, 3, padding=1)),
+        ("subpixel", jconv.ConvTranspose2d(8, 4, 4, stride=2, padding=1)),
+        ("pergroup", jconv.ConvTranspose2d(8, 4, 3, padding=1, groups=2)),
+    ]
+    rows = []
+    for name, cfg in cases:
+        cfg = dataclasses.replace(cfg, algorithm=name)
+        p = jconv.init(jax.random.key(0), cfg)
+        x = jax.random.normal(jax.random.key(1), (16, cfg.in_channels) + (8,) * cfg.ndim)
+        loss = lambda p, x: jnp.sum(jconv.apply(p, x) ** 2)
+        local_grads = jax.shard_map(
+            jax.grad(loss, argnums=(0, 1)), mesh=mesh, in_specs=(P(), P("b")),
+            out_specs=(P(), P("b")),
+        )
+        local_jvp = jax.shard_map(
+            lambda p, x: jax.jvp(lambda x: jconv.apply(p, x), (x,), (x,))[1], mesh=mesh,
+            in_specs=(P(), P("b")), out_specs=P("b"),
+        )
+        with jax.set_mesh(mesh):
+            xs = jax.device_put(x, P("b"))
+            got = jax.jit(local_grads)(p, xs), jax.jit(local_jvp)(p, xs)
+        unbiased = dataclasses.replace(p, bias=jnp.zeros_like(p.bias))
+        want = jax.grad(loss, argnums=(0, 1))(p, x), jconv.apply(unbiased, x)
+        rows.append(dict(name=name, err=rel_err(got, want)))
+    print(json.dumps(rows))
+    """
+)
+
+
 def _run(script: str, *args: str):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     done = subprocess.run(
@@ -237,3 +281,10 @@ def test_data_parallel_optax_step_equals_one_device():
     assert result["grad_err"] < 1e-5, result
     assert result["param_err"] < 1e-5, result
     assert result["losses"][-1] < result["losses"][0], result  # it trains
+
+
+def test_every_lowering_runs_inside_shard_map():
+    rows = _run(SHARD_MAP)
+    assert len(rows) == 11
+    for row in rows:
+        assert row["err"] < 1e-5, row

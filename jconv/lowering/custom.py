@@ -42,8 +42,27 @@ def register(name: str, primal: Fn, dx: Fn | None = None, dw: Fn | None = None) 
 
 
 def bilinear(name: str, x: jax.Array, w: jax.Array, spec: Any) -> jax.Array:
-    """``primal(x, w, spec)`` of form ``name``, with its registered gradients."""
+    """``primal(x, w, spec)`` of form ``name``, with its registered gradients.
+
+    Inside ``shard_map`` both operands are first made to vary over the same
+    manual axes (as ``lax`` does for its own primitives), so that a replicated
+    weight's gradient is summed over the devices.
+    """
+    vx, vw = _varying(jax.typeof(x)), _varying(jax.typeof(w))
+    x, w = _vary(x, vw - vx), _vary(w, vx - vw)
     return bilinear_p.bind(x, w, form=name, spec=spec)
+
+
+def _varying(aval) -> frozenset:
+    """The manual (``shard_map``) mesh axes a value varies over."""
+    mat = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()))  # earlier jax
+
+
+def _vary(x, axes: frozenset):
+    return jax.lax.pcast(x, tuple(sorted(axes, key=str)), to="varying") if axes else x
 
 
 def _primal(x, w, *, form: str, spec):
@@ -52,11 +71,19 @@ def _primal(x, w, *, form: str, spec):
 
 def _abstract(x, w, *, form: str, spec):
     out = jax.eval_shape(lambda a, b: _primal(a, b, form=form, spec=spec), x, w)
-    return jax.core.ShapedArray(out.shape, out.dtype)
+    # x's type with the output's shape: the same (manual) axes vary as for x and w
+    return x.update(shape=out.shape, dtype=out.dtype, weak_type=False)
 
 
 def _zeros(aval):
-    return jnp.zeros(aval.shape, aval.dtype)
+    return _vary(jnp.zeros(aval.shape, aval.dtype), _varying(aval))
+
+
+def zeros_like_varying(shape, dtype, like: jax.Array) -> jax.Array:
+    """Zeros that vary over the same ``shard_map`` axes as ``like``: a primal point
+    for a ``jax.vjp`` whose cotangent is ``like``-derived, so that it is not summed
+    over devices."""
+    return _vary(jnp.zeros(shape, dtype), _varying(jax.typeof(like)))
 
 
 def _dx(ct, x, w, *, form: str, spec):

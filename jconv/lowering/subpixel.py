@@ -121,7 +121,9 @@ def _forward_spec(spec: ConvSpec) -> ConvSpec:
 
 
 def _dw(x, dy, spec: ConvSpec, kernel):
-    zero = jnp.zeros((x.shape[1], dy.shape[1] // spec.groups, *kernel), dy.dtype)
+    zero = custom.zeros_like_varying(
+        (x.shape[1], dy.shape[1] // spec.groups, *kernel), dy.dtype, dy
+    )
     return jax.vjp(lambda v: conv_transpose(x, v, spec), zero)[1](dy)[0]
 
 

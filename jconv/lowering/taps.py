@@ -143,7 +143,9 @@ def _shift_dw(x, dy, spec: ConvSpec, kernel):
         return depthwise_weight_grad(x, dy, kernel, spec)
     from jconv.lowering import dense  # wider groups: per-group XLA weight gradients
 
-    zero = jnp.zeros((dy.shape[1], x.shape[1] // spec.groups, *kernel), dy.dtype)
+    zero = custom.zeros_like_varying(
+        (dy.shape[1], x.shape[1] // spec.groups, *kernel), dy.dtype, dy
+    )
     return jax.vjp(lambda v: dense.pergroup(x, v, spec), zero)[1](dy)[0]
 
 
