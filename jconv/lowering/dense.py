@@ -14,6 +14,7 @@ convolution handles slowly.
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 from jconv.lowering import ConvSpec, subpixel, xla
 from jconv.lowering.taps import accumulator, out_spatial, pad_trailing, windows
@@ -53,7 +54,19 @@ def _fft_size(n: int) -> int:
 
 
 def fft(x, w, spec: ConvSpec):
-    """Forward conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, *k) through ``rfftn``."""
+    """Forward conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, *k) through ``rfftn``.
+
+    The FFT would spread one NaN or inf over a whole channel; when ``x`` or ``w``
+    holds one, the call runs XLA's direct convolution instead (one ``lax.cond``
+    on a finiteness check), so non-finite values land where torch puts them.
+    """
+    finite = jnp.isfinite(x).all() & jnp.isfinite(w).all()
+    return lax.cond(
+        finite, lambda a, b: _fft_conv(a, b, spec), lambda a, b: xla.conv(a, b, spec), x, w
+    )
+
+
+def _fft_conv(x, w, spec: ConvSpec):
     n, g = x.ndim - 2, spec.groups
     batch, (cout, per_in), kernel = x.shape[0], w.shape[:2], w.shape[2:]
     dtype = spec.preferred_element_type or x.dtype
