@@ -18,6 +18,14 @@ CONV = {1: jconv.Conv1d, 2: jconv.Conv2d, 3: jconv.Conv3d}
 CONV_T = {1: jconv.ConvTranspose1d, 2: jconv.ConvTranspose2d, 3: jconv.ConvTranspose3d}
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fuzz-long",
+        action="store_true",
+        help="fuzz thousands of examples (JCONV_FUZZ_EXAMPLES, default 5000) instead of CI's few",
+    )
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a long test, deselect with -m 'not slow'")
 

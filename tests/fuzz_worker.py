@@ -1,0 +1,140 @@
+"""A fuzz worker: checks one convolution per line of stdin against two references.
+
+Each input line is a JSON case (see ``tests/test_fuzz.py``); each output line is a
+JSON result: the relative errors of jconv's output and input, weight and bias
+gradients against the float64 NumPy reference and, for float32 when torch is
+installed, against torch; or the exception jconv raised. The test process runs
+this in a subprocess, so an XLA abort kills the worker, not pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax.numpy as jnp  # noqa: E402
+import reference  # noqa: E402
+from conftest import Case, arrays_for, jconv_grads, rel_err  # noqa: E402
+
+import jconv  # noqa: E402
+
+try:
+    import torch_oracle
+except ImportError:  # torch is optional
+    torch_oracle = None
+
+_NP_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def case_of(spec: dict) -> Case:
+    return Case(
+        spec["ndim"],
+        spec["kwargs"],
+        tuple(spec["shape"]),
+        spec["batched"],
+        spec["jit"],
+        spec["seed"],
+        {k: (tuple(map(tuple, v)) if k == "pairs" else v) for k, v in spec["extra"].items()},
+        spec["transposed"],
+    )
+
+
+def _unpad(dxp, pairs, mode, spatial):
+    """The adjoint of ``np.pad(x, pairs, mode)`` over the trailing dimensions."""
+    dx = dxp
+    for axis, ((lo, hi), size) in enumerate(zip(pairs, spatial), start=2):
+        source = np.pad(np.arange(size), (lo, hi), mode=_NP_MODE[mode])
+        out = np.zeros(dx.shape[:axis] + (size,) + dx.shape[axis + 1 :])
+        np.add.at(np.moveaxis(out, axis, 0), source, np.moveaxis(dx, axis, 0))
+        dx = out
+    return dx
+
+
+def numpy_reference(case: Case, cfg, x, w, b, gy):
+    """(y, dx, dw, db) in float64, batched, for the batched arrays given."""
+    pairs = [tuple(p) for p in case.extra["pairs"]]
+    s, d, g = cfg.stride, cfg.dilation, cfg.groups
+    if not cfg.transposed:
+        y = reference.conv(x, w, b, s, pairs, d, g, cfg.padding_mode)
+        if cfg.padding_mode == "zeros":
+            dx, dw, db = reference.conv_vjp(x, w, gy, s, pairs, d, g)
+        else:
+            mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+            xp = np.pad(x, [(0, 0), (0, 0), *pairs], mode=mode[cfg.padding_mode])
+            dxp, dw, db = reference.conv_vjp(xp, w, gy, s, [(0, 0)] * cfg.ndim, d, g)
+            dx = _unpad(dxp, pairs, cfg.padding_mode, x.shape[2:])
+        return y, dx, dw, (db if b is not None else None)
+    _, out_pad, _ = jconv.shapes.resolve(cfg, x.shape, case.output_size)
+    y = reference.conv_transpose(x, w, b, s, pairs, d, g, out_pad)
+    # the transposed conv is the adjoint of the forward conv C_w in its input:
+    # dx = C_w(gy), and dw is C's weight gradient at input gy, cotangent x
+    dx_full = reference.conv(gy, w, None, s, pairs, d, g)
+    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in x.shape[2:])
+    dx = dx_full[crop]
+    cot = np.zeros(dx_full.shape)
+    cot[crop] = x
+    _, dw, _ = reference.conv_vjp(gy, w, cot, s, pairs, d, g)
+    db = gy.sum(axis=(0, *range(2, gy.ndim))) if b is not None else None
+    return y, dx, dw, db
+
+
+def check(spec: dict) -> dict:
+    case = case_of(spec)
+    cfg = case.cfg(algorithm=spec["algorithm"])
+    x, w, b, gy = arrays_for(case, cfg)
+    if spec["empty_batch"]:
+        x, gy = x[:0], gy[:0]
+    dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
+    xs, ws, gys = (jnp.asarray(a, dtype) for a in (x, w, gy))
+    bs = None if b is None else jnp.asarray(b, dtype)
+    try:
+        mine = jconv_grads(cfg, xs, ws, bs, gys, case.jit, case.output_size)
+    except Exception as err:  # reported, and the test decides
+        return {"raised": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-1500:]}
+    mine = [None if m is None else np.asarray(m, np.float64) for m in mine]
+    # the references see exactly the (rounded) values jconv saw
+    xr, wr, gyr = (np.asarray(a, np.float64) for a in (xs, ws, gys))
+    br = None if bs is None else np.asarray(bs, np.float64)
+    lift = (lambda a: a) if case.batched else (lambda a: a[None])
+    drop = (lambda a: a) if case.batched else (lambda a: a[0])
+    y, dx, dw, db = numpy_reference(case, cfg, lift(xr), wr, br, lift(gyr))
+    ref = [drop(y), drop(dx), dw, db]
+    result = {"numpy": _errors(mine, ref), "torch": None}
+    if torch_oracle is not None and spec["dtype"] == "float32" and not spec["empty_batch"]:
+        pairs = [tuple(p) for p in case.extra["pairs"]]
+        if cfg.transposed:
+            got = torch_oracle.conv_transpose_with_grads(
+                case.ndim, case.kwargs, pairs, x, w, b, gy, case.output_size
+            )
+        else:
+            got = torch_oracle.conv_with_grads(case.ndim, case.kwargs, pairs, x, w, b, gy)
+        result["torch"] = _errors(mine, [None if t is None else np.asarray(t) for t in got])
+    return result
+
+
+def _errors(mine, ref):
+    out = []
+    for got, want in zip(mine, ref):
+        if want is None or got is None:
+            out.append(None if want is None and got is None else float("inf"))
+        elif np.isnan(got).any() or np.isinf(got).any():
+            out.append(float("inf"))
+        else:
+            out.append(rel_err(got, want))
+    return out
+
+
+def main() -> None:
+    for line in sys.stdin:
+        spec = json.loads(line)
+        print(json.dumps(check(spec)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
