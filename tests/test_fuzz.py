@@ -32,7 +32,7 @@ from jconv.lowering import ALGORITHMS, check_algorithm
 
 HERE = pathlib.Path(__file__).resolve().parent
 REGRESSIONS = HERE / "fuzz_regressions.json"
-FUZZ_EXAMPLES = 60
+FUZZ_EXAMPLES = 40
 TOL = {"float32": 2e-5, "bfloat16": 2e-2}
 TOL_FFT = {"float32": 1e-4, "bfloat16": 2e-2}
 
