@@ -70,7 +70,9 @@ def test_edge_case_works_and_matches_torch(torch, name, cfg, shape):
     x = np.random.RandomState(0).standard_normal(shape).astype(F32)
     mine, theirs = _both(torch, cfg, x)
     assert mine.shape == theirs.shape == jconv.output_shape(cfg, shape)
-    np.testing.assert_allclose(mine, theirs, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(theirs).max(initial=0.0)))
+    np.testing.assert_allclose(
+        mine, theirs, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(theirs).max(initial=0.0))
+    )
     # and the gradients exist and are finite
     params = jconv.init(jax.random.key(0), cfg)
     g = jax.grad(lambda p, x: jnp.sum(jconv.apply(p, x) ** 2), argnums=(0, 1))(params, x)

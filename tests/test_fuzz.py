@@ -98,6 +98,18 @@ def _ints(draw, n, lo, hi):
     return tuple(draw(st.integers(lo, hi)) for _ in range(n))
 
 
+def _numeric_padding(draw, n, form):
+    """An int, per-dimension tuple or (lo, hi) pairs padding, with its pairs."""
+    if form == "int":
+        p = draw(st.integers(0, 2))
+        return p, [(p, p)] * n
+    if form == "tuple":
+        padding = _ints(draw, n, 0, 2)
+        return padding, [(p, p) for p in padding]
+    padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(n))
+    return padding, list(padding)
+
+
 @st.composite
 def specs(draw) -> dict:
     """One valid configuration and input, as the JSON the worker reads."""
@@ -122,15 +134,8 @@ def specs(draw) -> dict:
         forms += ["same"] if all(s == 1 for s in stride) else []
         forms += ["causal"] if n == 1 else []
         form = draw(st.sampled_from(forms))
-        if form == "int":
-            p = draw(st.integers(0, 2))
-            padding, pairs = p, [(p, p)] * n
-        elif form == "tuple":
-            padding = _ints(draw, n, 0, 2)
-            pairs = [(p, p) for p in padding]
-        elif form == "pairs":
-            padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(n))
-            pairs = list(padding)
+        if form in ("int", "tuple", "pairs"):
+            padding, pairs = _numeric_padding(draw, n, form)
         elif form == "valid":
             padding, pairs = "valid", [(0, 0)] * n
         elif form == "causal":
@@ -153,15 +158,7 @@ def specs(draw) -> dict:
         )  # fmt: skip
     else:
         form = draw(st.sampled_from(["int", "tuple", "pairs"]))
-        if form == "int":
-            p = draw(st.integers(0, 2))
-            padding, pairs = p, [(p, p)] * n
-        elif form == "tuple":
-            padding = _ints(draw, n, 0, 2)
-            pairs = [(p, p) for p in padding]
-        else:
-            padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(n))
-            pairs = list(padding)
+        padding, pairs = _numeric_padding(draw, n, form)
         out_pad = tuple(draw(st.integers(0, max(s, di) - 1)) for s, di in zip(stride, d))
         spatial = []
         for ki, di, s, (lo, hi) in zip(k, d, stride, pairs):

@@ -75,29 +75,28 @@ def _abstract(x, w, *, form: str, spec):
     return x.update(shape=out.shape, dtype=out.dtype, weak_type=False)
 
 
-def _zeros(aval):
-    return _vary(jnp.zeros(aval.shape, aval.dtype), _varying(aval))
+def transpose(linear: Fn, shape, dtype, ct: jax.Array) -> jax.Array:
+    """The transpose of the linear map ``linear`` (from arrays of ``shape``) at ``ct``.
 
-
-def zeros_like_varying(shape, dtype, like: jax.Array) -> jax.Array:
-    """Zeros that vary over the same ``shard_map`` axes as ``like``: a primal point
-    for a ``jax.vjp`` whose cotangent is ``like``-derived, so that it is not summed
-    over devices."""
-    return _vary(jnp.zeros(shape, dtype), _varying(jax.typeof(like)))
+    The vjp is taken at zeros that vary over the same ``shard_map`` axes as
+    ``ct``, so the result is one device's, not summed over devices.
+    """
+    zero = _vary(jnp.zeros(shape, dtype), _varying(jax.typeof(ct)))
+    return jax.vjp(linear, zero)[1](ct)[0]
 
 
 def _dx(ct, x, w, *, form: str, spec):
     primal, dx, _ = _FORMS[form]
     if dx is not None:
         return dx(w, ct, spec)
-    return jax.vjp(lambda v: primal(v, w, spec), _zeros(x.aval))[1](ct)[0]
+    return transpose(lambda v: primal(v, w, spec), x.aval.shape, x.aval.dtype, ct)
 
 
 def _dw(ct, x, w, *, form: str, spec):
     primal, _, dw = _FORMS[form]
     if dw is not None:
         return dw(x, ct, spec, w.aval.shape[2:])
-    return jax.vjp(lambda v: primal(x, v, spec), _zeros(w.aval))[1](ct)[0]
+    return transpose(lambda v: primal(x, v, spec), w.aval.shape, w.aval.dtype, ct)
 
 
 def _batched(args, dims, *, form: str, spec):

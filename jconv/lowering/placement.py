@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -63,10 +64,7 @@ def placement(x: jax.Array) -> Placement:
     explicit = tuple(
         name for e in entries for name in _names(e) if kinds[name] == AxisType.Explicit
     )
-    split = [sizes[a] for a in mesh.axis_names if kinds[a] != AxisType.Manual and sizes[a] > 1]
-    devices = 1
-    for size in split:
-        devices *= size
+    devices = math.prod(sizes[a] for a in mesh.axis_names if kinds[a] != AxisType.Manual)
     if devices == 1:
         return Placement(1, (False,) * x.ndim)
     if any(kinds[a] == AxisType.Auto and sizes[a] > 1 for a in mesh.axis_names):
@@ -80,10 +78,9 @@ def output_spec(sharding: NamedSharding, out_shape: tuple[int, ...]) -> Partitio
     where the output's size divides; channels are not split."""
     sizes = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_sizes))
     entries = _entries(sharding.spec, len(out_shape))
-    out = []
-    for axis, (entry, size) in enumerate(zip(entries, out_shape)):
-        parts = 1
-        for name in _names(entry):
-            parts *= sizes[name]
-        out.append(entry if axis != 1 and size % parts == 0 else None)
-    return PartitionSpec(*out)
+    return PartitionSpec(
+        *(
+            entry if axis != 1 and size % math.prod(sizes[n] for n in _names(entry)) == 0 else None
+            for axis, (entry, size) in enumerate(zip(entries, out_shape))
+        )
+    )
