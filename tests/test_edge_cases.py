@@ -124,3 +124,35 @@ def test_bf16_input_gives_bf16_output_close_to_torch(torch, algorithm):
         torch, cfg, np.asarray(p16.weight, F32), np.asarray(p16.bias, F32), np.asarray(x, F32)
     )
     np.testing.assert_allclose(np.asarray(y, F32), want, rtol=2e-2, atol=2e-2)
+
+
+EMPTY_BATCH = [
+    jconv.Conv2d(3, 4, 3, padding=1, algorithm="xla"),
+    jconv.Conv2d(4, 4, 3, stride=2, algorithm="tapgrad"),
+    jconv.Conv2d(8, 4, 1, algorithm="matmul"),
+    jconv.Conv1d(8, 4, 1, stride=2, groups=2, algorithm="matmul"),
+    jconv.Conv2d(8, 8, 3, padding=1, groups=8, algorithm="shift"),
+    jconv.Conv2d(4, 4, 9, padding=4, groups=4, algorithm="fft"),
+    jconv.Conv2d(8, 8, 3, groups=2, algorithm="pergroup"),
+    jconv.Conv2d(3, 8, 4, stride=2, algorithm="s2d"),
+    jconv.Conv3d(4, 4, 3, padding=1, algorithm="fold"),
+    jconv.ConvTranspose2d(4, 4, 4, stride=2, padding=1, algorithm="subpixel"),
+    jconv.ConvTranspose2d(8, 8, 3, stride=2, groups=2, algorithm="pergroup"),
+    jconv.ConvTranspose1d(4, 4, 1, stride=3, algorithm="auto"),
+]
+
+
+@pytest.mark.parametrize("cfg", EMPTY_BATCH, ids=lambda c: f"{type(c).__name__}-{c.algorithm}")
+def test_an_empty_batch_runs_on_every_lowering(cfg):
+    """Batch 0 gives an empty output of torch's shape and zero-size gradients, jit or not."""
+    shape = (0, cfg.in_channels) + (9,) * cfg.ndim
+    params = jconv.init(jax.random.key(0), cfg)
+    x = jnp.zeros(shape)
+    loss = lambda p, x: jnp.sum(jconv.apply(p, x) ** 2)  # noqa: E731
+    for run in (jconv.apply, jax.jit(jconv.apply)):
+        assert run(params, x).shape == jconv.output_shape(cfg, shape)
+    for grad in (jax.grad(loss, argnums=(0, 1)), jax.jit(jax.grad(loss, argnums=(0, 1)))):
+        gp, gx = grad(params, x)
+        assert gx.shape == shape
+        assert gp.weight.shape == params.weight.shape
+        assert not np.asarray(gp.weight).any()

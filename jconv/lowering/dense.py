@@ -13,6 +13,8 @@ convolution handles slowly.
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 from jax import lax
 
@@ -24,7 +26,7 @@ def matmul(x, w, spec: ConvSpec):
     """1×1 conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, 1, ...): a product over channels."""
     g, (batch, cin), cout = spec.groups, x.shape[:2], w.shape[0]
     ((_, xt),) = windows(x, w.shape[2:], spec)
-    xg = xt.reshape(batch, g, cin // g, -1)
+    xg = xt.reshape(batch, g, cin // g, math.prod(xt.shape[2:]))
     wg = w.reshape(g, cout // g, cin // g)
     y = jnp.einsum(
         "ngcq,goc->ngoq",
@@ -78,13 +80,13 @@ def _fft_conv(x, w, spec: ConvSpec):
     wd = jnp.flip(wd, tuple(range(2, n + 2)))
     sizes = [_fft_size(p) for p in padded]
     axes = tuple(range(-n, 0))
-    xf = jnp.fft.rfftn(xp, sizes, axes=axes).reshape(batch, g, per_in, -1)
-    wf = jnp.fft.rfftn(wd, sizes, axes=axes).reshape(g, cout // g, per_in, -1)
+    freq = [*sizes[:-1], sizes[-1] // 2 + 1]
+    xf = jnp.fft.rfftn(xp, sizes, axes=axes).reshape(batch, g, per_in, math.prod(freq))
+    wf = jnp.fft.rfftn(wd, sizes, axes=axes).reshape(g, cout // g, per_in, math.prod(freq))
     if per_in == 1:
         yf = xf * wf[None, :, :, 0]
     else:
         yf = jnp.einsum("ngcf,gocf->ngof", xf, wf, precision=spec.precision)
-    freq = [*sizes[:-1], sizes[-1] // 2 + 1]
     y = jnp.fft.irfftn(yf.reshape(batch, cout, *freq), sizes, axes=axes)
     span = [d * (k - 1) for k, d in zip(kernel, spec.dilation)]
     out = out_spatial(x.shape[2:], kernel, spec)

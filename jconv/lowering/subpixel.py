@@ -79,7 +79,7 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarra
 
     # Sub-kernels by gather (exact: no multiply by one-hot masks), laid out as the
     # weight of a grouped forward conv whose output channels are (group, c, phase).
-    flat = w.reshape(cin, per_group, -1)
+    flat = w.reshape(cin, per_group, math.prod(kernel))
     flat = jnp.concatenate([flat, jnp.zeros((cin, per_group, 1), w.dtype)], axis=2)
     sub = flat[:, :, _tap_index(kernel, axes)]  # (C_in, C_out/g, *phases, *taps)
     sub = sub.reshape(groups, cin // groups, per_group, *phases, *taps)
