@@ -63,11 +63,8 @@ def conv_vjp(x, w, gy, stride, pads, dilation, groups):
         cs, os_ = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)
         for tap, sl in _windows(kernel, stride, dilation, out):
             window = xp[(slice(None), cs) + sl]
-            flat_w, flat_g = (
-                window.reshape(*window.shape[:2], -1),
-                gy[:, os_].reshape(gy.shape[0], og, -1),
-            )
-            dw[(os_, slice(None)) + tap] += np.einsum("ncp,nop->oc", flat_w, flat_g)
+            summed = [0, *range(2, window.ndim)]
+            dw[(os_, slice(None)) + tap] += np.tensordot(gy[:, os_], window, (summed, summed))
             dxp[(slice(None), cs) + sl] += np.einsum(
                 "no...,oc->nc...", gy[:, os_], w[(os_, slice(None)) + tap]
             )

@@ -24,6 +24,11 @@ def _native(kwargs) -> bool:
     )
 
 
+def _tuples(value):
+    """``value`` with every list made a tuple (JSON turns tuples into lists)."""
+    return tuple(map(_tuples, value)) if isinstance(value, (list, tuple)) else value
+
+
 def conv_with_grads(ndim, kwargs, pairs, x, w, b, gy):
     """torch's output and (dx, dw, db) of ``sum(y * gy)``, all float32 numpy."""
     xt = torch.tensor(x, requires_grad=True)
@@ -69,7 +74,7 @@ def conv_transpose_with_grads(ndim, kwargs, pairs, x, w, b, gy, output_size=None
     xt = torch.tensor(x, requires_grad=True)
     wt = torch.nn.Parameter(torch.tensor(w))
     bt = torch.nn.Parameter(torch.tensor(b)) if b is not None else None
-    kw = dict(kwargs)
+    kw = {k: _tuples(v) for k, v in kwargs.items()}
     paired = isinstance(kw["padding"], tuple) and any(isinstance(v, tuple) for v in kw["padding"])
     if paired:
         kw["padding"] = 0
