@@ -44,8 +44,8 @@ def _layers(cfg_tree) -> list[tuple[str, Any]]:
     for path, leaf in leaves:
         if not isinstance(leaf, CONFIG_TYPES):
             raise TypeError(
-                f"load_state_dict expects a config or a nested dict/list/tuple of configs; "
-                f"found {type(leaf).__name__} at {_prefix(path)[:-1] or 'the root'!r}"
+                f"cfg_tree must be a config or a nested dict/list/tuple of configs; found "
+                f"{type(leaf).__name__} at {_prefix(path)[:-1] or 'the root'!r}"
             )
         out.append((_prefix(path), leaf))
     return out
@@ -122,7 +122,7 @@ def state_dict(tree: Any) -> dict[str, np.ndarray]:
     for path, leaf in leaves:
         if not isinstance(leaf, Params):
             raise TypeError(
-                f"state_dict expects Params or a nested dict/list/tuple of Params; found "
+                f"tree must be Params or a nested dict/list/tuple of Params; found "
                 f"{type(leaf).__name__} at {_prefix(path)[:-1] or 'the root'!r}"
             )
         prefix = _prefix(path)

@@ -6,6 +6,11 @@ none carries lax or XLA wording.
 
 from __future__ import annotations
 
+import io
+import pickle
+import struct
+import zipfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +30,45 @@ def _apply(cfg, shape, dtype=jnp.float32, **kw):
 def _jit_apply(cfg, shape):
     params = jconv.init(jax.random.key(0), cfg)
     return jax.jit(jconv.apply)(params, jnp.zeros(shape))
+
+
+_FILES = {"dir": None}  # set to each test's tmp_path by an autouse fixture
+_CKPT_CFG = jconv.Conv2d(3, 8, 3)
+
+
+@pytest.fixture(autouse=True)
+def _files_in(tmp_path):
+    _FILES["dir"] = tmp_path
+
+
+def _written(data: bytes) -> str:
+    path = _FILES["dir"] / "model.safetensors"
+    path.write_bytes(data)
+    return str(path)
+
+
+def _valid_file(**arrays) -> str:
+    """A real safetensors file holding the checkpoint config's arrays, edited by ``arrays``."""
+    from safetensors.numpy import save_file
+
+    good = {"weight": np.zeros((8, 3, 3, 3), np.float32), "bias": np.zeros(8, np.float32)}
+    path = str(_FILES["dir"] / "model.safetensors")
+    save_file({k: v for k, v in {**good, **arrays}.items() if v is not None}, path)
+    return path
+
+
+def _header_file(header: bytes, claimed: int | None = None) -> str:
+    """A file whose header is ``header`` and whose length field says ``claimed``."""
+    n = len(header) if claimed is None else claimed
+    return _written(struct.pack("<Q", n) + header + bytes(16))
+
+
+def _torch_save_zip() -> str:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:  # the layout torch.save writes
+        z.writestr("archive/data.pkl", pickle.dumps({"weight": 0}))
+        z.writestr("archive/version", "3\n")
+    return _written(buf.getvalue())
 
 
 def _vmap_apply(cfg, shape):
@@ -446,6 +490,110 @@ CATALOGUE = [
         lambda: jconv.load_state_dict(jconv.Conv2d(1, 2, 3), [np.zeros(3)]),
         TypeError,
         ["mapping", "list"],
+    ),
+    # --- checkpoint files (jconv.load / jconv.save)
+    (
+        "checkpoint that is a pickle",
+        lambda: jconv.load(_written(pickle.dumps({"weight": 0})), _CKPT_CFG),
+        ValueError,
+        ["model.safetensors is a pickle", "never unpickles", "safetensors.torch.save_file"],
+    ),
+    (
+        "checkpoint written by torch.save",
+        lambda: jconv.load(_torch_save_zip(), _CKPT_CFG),
+        ValueError,
+        ["torch.save checkpoint", "weights_only=True", "safetensors.torch.save_file"],
+    ),
+    (
+        "checkpoint that is a .npy array",
+        lambda: jconv.load(_written(b"\x93NUMPY\x01\x00" + bytes(120)), _CKPT_CFG),
+        ValueError,
+        ["is a .npy file, not safetensors"],
+    ),
+    (
+        "checkpoint shorter than its length field",
+        lambda: jconv.load(_written(b"\x10\x00\x00"), _CKPT_CFG),
+        ValueError,
+        ["not a valid safetensors file", "it has 3 bytes", "8-byte header length"],
+    ),
+    (
+        "checkpoint header longer than the file",
+        lambda: jconv.load(_header_file(b"{}", claimed=2**40), _CKPT_CFG),
+        ValueError,
+        ["not a valid safetensors file", "header claims 1099511627776 bytes", "has 18"],
+    ),
+    (
+        "checkpoint header that is not JSON",
+        lambda: jconv.load(_header_file(b"{weight: F32"), _CKPT_CFG),
+        ValueError,
+        ["not a valid safetensors file", "the header is not JSON"],
+    ),
+    (
+        "checkpoint tensor of an unknown dtype",
+        lambda: jconv.load(
+            _header_file(b'{"weight": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 16]}}'),
+            _CKPT_CFG,
+        ),
+        ValueError,
+        ["not a valid safetensors file", "'weight' has an unknown dtype 'Q4'"],
+    ),
+    (
+        "checkpoint tensor with a negative shape",
+        lambda: jconv.load(
+            _header_file(b'{"weight": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}'),
+            _CKPT_CFG,
+        ),
+        ValueError,
+        ["not a valid safetensors file", "'weight' has an invalid shape [-4]"],
+    ),
+    (
+        "checkpoint with a wrong kernel size",
+        lambda: jconv.load(_valid_file(weight=np.zeros((8, 3, 5, 5), np.float32)), _CKPT_CFG),
+        ValueError,
+        ["size mismatch for weight", "(8, 3, 5, 5)", "the shape in Conv2d is (8, 3, 3, 3)"],
+    ),
+    (
+        "checkpoint without the bias",
+        lambda: jconv.load(_valid_file(bias=None), _CKPT_CFG),
+        ValueError,
+        ['Missing key(s) in state_dict: "bias"'],
+    ),
+    (
+        "checkpoint with integer values",
+        lambda: jconv.load(_valid_file(bias=np.zeros(8, np.int64)), _CKPT_CFG),
+        ValueError,
+        ["dtype mismatch for bias", "int64", "floating-point"],
+    ),
+    (
+        "checkpoint with a layer the config lacks",
+        lambda: jconv.load(_valid_file(**{"bn.running_mean": np.zeros(8, np.float32)}), _CKPT_CFG),
+        ValueError,
+        ['Unexpected key(s) in state_dict: "bn.running_mean"'],
+    ),
+    (
+        "checkpoint loaded into something not a config",
+        lambda: jconv.load(_valid_file(), "Conv2d"),
+        TypeError,
+        ["cfg_tree must be a config", "found str at 'the root'"],
+    ),
+    (
+        "save of a tree holding a stranger",
+        lambda: jconv.save(
+            _FILES["dir"] / "out.safetensors",
+            {"conv": jconv.init(jax.random.key(0), _CKPT_CFG), "act": "relu"},
+        ),
+        TypeError,
+        ["tree must be Params", "found str at 'act'"],
+    ),
+    (
+        "save with metadata that is not strings",
+        lambda: jconv.save(
+            _FILES["dir"] / "out.safetensors",
+            jconv.init(jax.random.key(0), _CKPT_CFG),
+            metadata={"epoch": 3},
+        ),
+        TypeError,
+        ["metadata must map strings to strings", "{'epoch': 3}"],
     ),
     (
         "config tree with a stranger",
