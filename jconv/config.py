@@ -23,7 +23,10 @@ Keyword-only extras (all configs):
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import math
+import types
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -113,6 +116,14 @@ class _ConvBase:
             self._normalize(n)
         except (ValueError, TypeError) as err:
             raise type(err)(f"{name}: {err}") from None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        name = type(self).__name__
+        raise TypeError(
+            f"a {name} config holds no weights and is not called; build them with "
+            f"params = jconv.init(key, cfg) (or jconv.load_state_dict(cfg, state_dict)), "
+            f"then run y = jconv.apply(params, x)"
+        )
 
     def _set(self, **kw: Any) -> None:
         for key, value in kw.items():
@@ -294,8 +305,39 @@ class ConvTransposeNd(_Extras):
         self._set(padding=stored, pads=pairs, padding_mode=mode, output_padding=out_pad)
 
 
+def _own_init(base: type, name: str):
+    """``base.__init__`` under ``name``, so that argument errors say ``Conv2d.__init__()``,
+    as torch's do, and an unknown keyword gets the nearest real one as a hint."""
+    inherited = base.__init__
+    renamed = types.FunctionType(
+        inherited.__code__,
+        inherited.__globals__,
+        "__init__",
+        inherited.__defaults__,
+        inherited.__closure__,
+    )
+    renamed.__kwdefaults__ = inherited.__kwdefaults__
+    renamed.__qualname__ = f"{name}.__init__"
+    known = [f.name for f in dataclasses.fields(base) if f.init]
+
+    @functools.wraps(inherited)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for key in kwargs:
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                raise TypeError(
+                    f"{name}.__init__() got an unexpected keyword argument {key!r}"
+                    + (f"; did you mean {near[0]!r}?" if near else "")
+                )
+        renamed(self, *args, **kwargs)
+
+    __init__.__qualname__ = f"{name}.__init__"
+    return __init__
+
+
 def _fixed(base: type, n: int, doc: str) -> type:
-    cls = type(base.__name__.replace("Nd", f"{n}d"), (base,), {"ndim": n, "__doc__": doc})
+    name = base.__name__.replace("Nd", f"{n}d")
+    cls = type(name, (base,), {"ndim": n, "__doc__": doc, "__init__": _own_init(base, name)})
     cls.__module__ = __name__
     return cls
 

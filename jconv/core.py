@@ -25,6 +25,14 @@ def _check_params(cfg, weight, bias) -> None:
             f"{cfg.weight_shape}; build parameters with jconv.init(key, cfg) or "
             "jconv.load_state_dict(cfg, state_dict)"
         )
+    for what, value in (("weight", weight), ("bias", bias)):
+        dtype = getattr(value, "dtype", None)
+        if value is not None and not (dtype is not None and jnp.issubdtype(dtype, jnp.floating)):
+            raise TypeError(
+                f"{name}: {what} must be a floating-point array, got "
+                f"{dtype if dtype is not None else type(value).__name__}; build parameters "
+                "with jconv.init(key, cfg) or jconv.load_state_dict(cfg, state_dict)"
+            )
     if cfg.bias and bias is None:
         raise ValueError(
             f"{name} was built with bias=True but no bias was given; pass a bias of "
@@ -43,14 +51,19 @@ def _check_params(cfg, weight, bias) -> None:
 
 
 def _as_array(x, name: str):
+    """``x`` as a jax array; lists, None and other non-arrays are refused, as torch does."""
     if isinstance(x, jax.Array):
         return x
+    refused = TypeError(
+        f"{name}: the input must be an array (jax or numpy), got {type(x).__name__}"
+        + ("; convert it with jnp.asarray(x)" if isinstance(x, (list, tuple)) else "")
+    )
+    if x is None or isinstance(x, (str, bytes, list, tuple, dict)):
+        raise refused
     try:
         return jnp.asarray(x)
-    except TypeError:
-        raise TypeError(
-            f"{name}: the input must be an array (jax or numpy), got {type(x).__name__}"
-        ) from None
+    except (TypeError, ValueError):
+        raise refused from None
 
 
 def forward(cfg, weight, bias, x, output_size=None):

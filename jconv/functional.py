@@ -21,6 +21,13 @@ def _build(cls, weight, bias, groups, **kw):
         cls.transposed,
         cls.__name__.lower().replace("transpose", "_transpose"),
     )
+    for what, value in (("weight", weight), ("bias", bias)):
+        if what == "bias" and value is None:
+            continue
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+            raise TypeError(
+                f"{name}: {what} must be an array (jax or numpy), got {type(value).__name__}"
+            )
     wshape = tuple(np.shape(weight))
     order = (
         "(in_channels, out_channels/groups" if transposed else "(out_channels, in_channels/groups"
@@ -66,7 +73,15 @@ def _build(cls, weight, bias, groups, **kw):
 
 
 def _run(cls, input, weight, bias, groups, **kw):
-    return core.forward(_build(cls, weight, bias, groups, **kw), weight, bias, input)
+    cfg = _build(cls, weight, bias, groups, **kw)
+    try:
+        return core.forward(cfg, weight, bias, input)
+    except (ValueError, TypeError) as err:
+        if type(err) not in (ValueError, TypeError):
+            raise
+        # the errors of the op the caller named: conv2d, not the Conv2d config behind it
+        name = cls.__name__.lower().replace("transpose", "_transpose")
+        raise type(err)(str(err).replace(cls.__name__, name, 1)) from None
 
 
 def _conv(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode):

@@ -78,7 +78,13 @@ def load_state_dict(cfg_tree: Any, state_dict: Mapping[str, Any], strict: bool =
             if key not in state_dict:
                 missing.append(key)
                 continue
-            value = to_numpy(state_dict[key])
+            try:
+                value = to_numpy(state_dict[key])
+            except (TypeError, ValueError) as err:
+                mismatched.append(
+                    f"could not read {key} ({type(state_dict[key]).__name__}) as an array: {err}"
+                )
+                continue
             if not (np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16"):
                 mismatched.append(
                     f"dtype mismatch for {key}: the state_dict holds {value.dtype.name} "

@@ -491,6 +491,70 @@ CATALOGUE = [
         TypeError,
         ["mapping", "list"],
     ),
+    # --- inputs and parameters that are not arrays
+    (
+        "input given as a list",
+        lambda: jconv.apply(jconv.init(jax.random.key(0), jconv.Conv1d(1, 1, 3)), [[1.0] * 5]),
+        TypeError,
+        ["Conv1d", "input must be an array", "got list", "jnp.asarray(x)"],
+    ),
+    (
+        "input None",
+        lambda: jconv.apply(jconv.init(jax.random.key(0), jconv.Conv1d(1, 1, 3)), None),
+        TypeError,
+        ["input must be an array", "got NoneType"],
+    ),
+    (
+        "functional weight None",
+        lambda: F.conv1d(jnp.zeros((1, 1, 5)), None),
+        TypeError,
+        ["conv1d:", "weight must be an array", "got NoneType"],
+    ),
+    (
+        "functional bias as a list",
+        lambda: F.conv1d(jnp.zeros((1, 1, 5)), jnp.zeros((2, 1, 3)), [0.0, 0.0]),
+        TypeError,
+        ["conv1d:", "bias must be an array", "got list"],
+    ),
+    (
+        "functional integer input, named as the op",
+        lambda: F.conv2d(jnp.zeros((1, 1, 5, 5), jnp.int32), jnp.zeros((1, 1, 3, 3))),
+        TypeError,
+        ["conv2d expects a floating-point input", "int32", "astype(jnp.float32)"],
+    ),
+    (
+        "params with an integer weight",
+        lambda: jconv.apply(
+            jconv.Params(
+                weight=jnp.zeros((1, 1, 3), jnp.int32),
+                bias=None,
+                cfg=jconv.Conv1d(1, 1, 3, bias=False),
+            ),
+            jnp.zeros((1, 1, 5)),
+        ),
+        TypeError,
+        ["Conv1d", "weight must be a floating-point array", "got int32"],
+    ),
+    (
+        "a config called like a torch module",
+        lambda: jconv.Conv2d(1, 1, 3)(jnp.zeros((1, 1, 5, 5))),
+        TypeError,
+        ["Conv2d config holds no weights", "jconv.init(key, cfg)", "jconv.apply(params, x)"],
+    ),
+    (
+        "misspelt keyword",
+        lambda: jconv.ConvTranspose2d(1, 1, 3, stride=2, output_pading=1),
+        TypeError,
+        ["ConvTranspose2d.__init__()", "'output_pading'", "did you mean 'output_padding'?"],
+    ),
+    (
+        "state_dict value that is a ragged list",
+        lambda: jconv.load_state_dict(
+            jconv.Conv1d(1, 1, 2), {"weight": [[[1.0, 2.0]], [[3.0]]], "bias": np.zeros(1)}
+        ),
+        ValueError,
+        ["could not read weight (list) as an array"],
+    ),
     # --- checkpoint files (jconv.load / jconv.save)
     (
         "checkpoint that is a pickle",
