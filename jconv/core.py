@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from jconv import lowering, shapes
 from jconv import padding as _padding
@@ -75,6 +76,7 @@ def forward(cfg, weight, bias, x, output_size=None):
         x = x[None]
     dtype = cfg.compute_dtype or jnp.result_type(x.dtype, weight.dtype)
     x, w = x.astype(dtype), jnp.asarray(weight).astype(dtype)
+    widen = bias is not None and cfg.preferred_element_type is None and _narrow(dtype)
     place = placement(x)
     name = lowering.plan(cfg, x.shape, dtype, jax.default_backend(), place.devices, place.sharded)
     spec = lowering.ConvSpec(
@@ -88,16 +90,61 @@ def forward(cfg, weight, bias, x, output_size=None):
         preferred_element_type=cfg.preferred_element_type,
     )
 
-    def conv(x, w):
-        if cfg.padding_mode != "zeros":
-            x = _padding.apply_mode(x, cfg.pads, cfg.padding_mode)
-        return lowering.run(name, x, w, spec)
+    def lowered(spec):
+        def conv(x, w):
+            if cfg.padding_mode != "zeros":
+                x = _padding.apply_mode(x, cfg.pads, cfg.padding_mode)
+            return lowering.run(name, x, w, spec)
 
-    if place.explicit:  # explicit-mode sharding: let GSPMD partition the lowering
-        out_shape = (x.shape[0], *out_shape[-cfg.ndim - 1 :])
-        out = output_spec(place.sharding, out_shape)
-        conv = jax.sharding.auto_axes(conv, axes=place.explicit, out_sharding=out)
-    y = conv(x, w)
+        if not place.explicit:
+            return conv
+        # explicit-mode sharding: let GSPMD partition the lowering
+        out = output_spec(place.sharding, (x.shape[0], *out_shape[-cfg.ndim - 1 :]))
+        return jax.sharding.auto_axes(conv, axes=place.explicit, out_sharding=out)
+
+    if widen:
+        wide = spec._replace(preferred_element_type=jnp.dtype(jnp.float32))
+        y = _widened(lowered(spec), lowered(wide))(x, w)
+    else:
+        y = lowered(spec)(x, w)
     if bias is not None:
         y = y + jnp.asarray(bias).astype(y.dtype).reshape((-1,) + (1,) * cfg.ndim)
+    if widen:
+        y = y.astype(dtype)
     return y if batched else y[0]
+
+
+def _widened(narrow, wide):
+    """``wide(x, w)`` (float32 sums, not rounded) with ``narrow``'s derivatives.
+
+    bfloat16/float16 with a bias: as torch does, the bias joins the float32 sums
+    and the result is rounded once, and the bias gradient sums in float32. The
+    convolution's own derivatives stay those of ``narrow`` (its tangent is rounded
+    to the input dtype), so reverse mode runs the same forms and dtypes as
+    without a bias, and forward mode keeps working.
+    """
+
+    @jax.custom_jvp
+    def conv(x, w):
+        return wide(x, w)
+
+    def jvp(primals, tangents):
+        x, w = primals
+        dx, dw = tangents
+        # through jax.jvp, so that a lowering's branches (fft's finiteness check) follow
+        # the primal; the unused primal it also computes is dropped under jit
+        if type(dx) is SymbolicZero:
+            tangent = jax.jvp(lambda w: narrow(x, w), (w,), (dw,))[1]
+        elif type(dw) is SymbolicZero:
+            tangent = jax.jvp(lambda x: narrow(x, w), (x,), (dx,))[1]
+        else:
+            tangent = jax.jvp(narrow, (x, w), (dx, dw))[1]
+        return conv(x, w), tangent.astype(jnp.float32)
+
+    conv.defjvp(jvp, symbolic_zeros=True)
+    return conv
+
+
+def _narrow(dtype) -> bool:
+    """Whether ``dtype`` is a float narrower than 32 bits (bfloat16, float16, ...)."""
+    return jnp.finfo(dtype).bits < 32

@@ -86,17 +86,29 @@ def numpy_reference(case: Case, cfg, x, w, b, gy):
 
 def check(spec: dict) -> dict:
     case = case_of(spec)
-    cfg = case.cfg(algorithm=spec["algorithm"])
+    # "bfloat16->float32": bfloat16 in, float32 out (preferred_element_type)
+    wide = spec["dtype"] == "bfloat16->float32"
+    extras = {"preferred_element_type": jnp.float32} if wide else {}
+    cfg = case.cfg(algorithm=spec["algorithm"], **extras)
     x, w, b, gy = arrays_for(case, cfg)
     if spec["empty_batch"]:
         x, gy = x[:0], gy[:0]
-    dtype = jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32
-    xs, ws, gys = (jnp.asarray(a, dtype) for a in (x, w, gy))
+    dtype = jnp.float32 if spec["dtype"] == "float32" else jnp.bfloat16
+    xs, ws = (jnp.asarray(a, dtype) for a in (x, w))
+    gys = jnp.asarray(gy, jnp.float32 if wide else dtype)
     bs = None if b is None else jnp.asarray(b, dtype)
     try:
         mine = jconv_grads(cfg, xs, ws, bs, gys, case.jit, case.output_size)
     except Exception as err:  # reported, and the test decides
         return {"raised": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-1500:]}
+    # a gradient has its primal's dtype; the output is the compute (or preferred) dtype
+    want = [jnp.float32 if wide else dtype, xs.dtype, ws.dtype, None if bs is None else bs.dtype]
+    for name, got, dt in zip(("y", "dx", "dw", "db"), mine, want):
+        if got is not None and got.dtype != dt:
+            return {
+                "raised": f"{name} has dtype {got.dtype}, expected {jnp.dtype(dt)}",
+                "trace": "",
+            }
     mine = [None if m is None else np.asarray(m, np.float64) for m in mine]
     # the references see exactly the (rounded) values jconv saw
     xr, wr, gyr = (np.asarray(a, np.float64) for a in (xs, ws, gys))

@@ -85,17 +85,31 @@ def transpose(linear: Fn, shape, dtype, ct: jax.Array) -> jax.Array:
     return jax.vjp(linear, zero)[1](ct)[0]
 
 
+def _in(ct, other, dtype, form: Fn) -> jax.Array:
+    """``form(other, ct)`` in ``ct``'s dtype, cast to the operand's ``dtype``.
+
+    With ``preferred_element_type`` wider than the inputs (bfloat16 in, float32
+    out), the cotangent is wider than the other operand; as ``lax`` does, that
+    operand is widened for the transpose and the result rounded back, so a
+    gradient always has its primal's dtype.
+    """
+    if other.dtype != ct.dtype:
+        other = other.astype(ct.dtype)
+    out = form(other, ct)
+    return out if out.dtype == dtype else out.astype(dtype)
+
+
 def _dx(ct, x, w, *, form: str, spec):
     primal, dx, _ = _FORMS[form]
     if dx is not None:
-        return dx(w, ct, spec)
+        return _in(ct, w, x.aval.dtype, lambda w, ct: dx(w, ct, spec))
     return transpose(lambda v: primal(v, w, spec), x.aval.shape, x.aval.dtype, ct)
 
 
 def _dw(ct, x, w, *, form: str, spec):
     primal, _, dw = _FORMS[form]
     if dw is not None:
-        return dw(x, ct, spec, w.aval.shape[2:])
+        return _in(ct, x, w.aval.dtype, lambda x, ct: dw(x, ct, spec, w.aval.shape[2:]))
     return transpose(lambda v: primal(x, v, spec), w.aval.shape, w.aval.dtype, ct)
 
 
