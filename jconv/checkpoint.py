@@ -155,6 +155,13 @@ def save(path: str | os.PathLike, tree: Any, metadata: dict[str, str] | None = N
         raise TypeError(f"metadata must map strings to strings, got {metadata!r}")
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"cannot save to {path}: it is a folder; give a file path such as "
+            f"{os.path.join(path, 'model.safetensors')}"
+        )
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save to {path}: the folder {folder} does not exist")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".jconv-", suffix=".safetensors")
     os.close(fd)
     try:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jconv import core, initializers
-from jconv.config import CONFIG_TYPES
+from jconv.shapes import check_config
 
 
 @jax.tree_util.register_dataclass
@@ -28,21 +28,13 @@ class Params:
     cfg: Any = dataclasses.field(metadata=dict(static=True))
 
 
-def _check_config(cfg: Any, where: str) -> None:
-    if not isinstance(cfg, CONFIG_TYPES):
-        raise TypeError(
-            f"{where} expects a jconv config such as jconv.Conv2d(3, 16, 3), got "
-            f"{type(cfg).__name__}"
-        )
-
-
 def init(key: jax.Array, cfg: Any) -> Params:
     """Fresh parameters for ``cfg``; deterministic for a given ``key``.
 
     Default: torch's U(±1/√fan_in) for weight and bias; ``cfg.weight_init`` and
     ``cfg.bias_init`` replace either.
     """
-    _check_config(cfg, "jconv.init")
+    check_config(cfg, "jconv.init")
     try:
         wkey, bkey = jax.random.split(key)
     except (TypeError, ValueError):

@@ -47,7 +47,7 @@ def _seq(value: object) -> bool:
     return (
         isinstance(value, Sequence)
         and not isinstance(value, str)
-        or (hasattr(value, "shape") and hasattr(value, "tolist"))
+        or (hasattr(value, "shape") and hasattr(value, "tolist") and len(value.shape) > 0)
     )
 
 

@@ -32,9 +32,35 @@ def _layout(n: int) -> str:
     return ("L", "H, W", "D, H, W")[n - 1] if n <= 3 else "*spatial"
 
 
+def check_config(cfg, where: str) -> None:
+    """TypeError unless ``cfg`` is a jconv config; ``where`` names the caller."""
+    from jconv.config import CONFIG_TYPES  # config imports the lowerings, which import this
+
+    if not isinstance(cfg, CONFIG_TYPES):
+        raise TypeError(
+            f"{where} expects a jconv config such as jconv.Conv2d(3, 16, 3), got "
+            f"{type(cfg).__name__}"
+        )
+
+
+def _sizes(cfg, shape) -> tuple[int, ...]:
+    """``shape`` as a tuple of non-negative ints, or a clear error."""
+    if not _padding._seq(shape):
+        raise TypeError(
+            f"{_name(cfg)}: the input shape must be a tuple of ints such as x.shape, got {shape!r}"
+        )
+    try:
+        sizes = tuple(_padding.as_int(f"input shape[{i}]", s) for i, s in enumerate(shape))
+    except TypeError as err:
+        raise TypeError(f"{_name(cfg)}: {err}") from None
+    if any(s < 0 for s in sizes):
+        raise ValueError(f"{_name(cfg)}: the input shape has a negative size, got {sizes}")
+    return sizes
+
+
 def check_input(cfg, shape: Sequence[int], dtype=None) -> bool:
     """Validates an input shape (and dtype) for ``cfg``; returns whether it is batched."""
-    shape = tuple(int(s) for s in shape)
+    shape = _sizes(cfg, shape)
     n, name = cfg.ndim, _name(cfg)
     if len(shape) not in (n + 1, n + 2):
         raise ValueError(
@@ -153,7 +179,7 @@ def output_spatial(cfg, spatial: Sequence[int], output_padding=None) -> tuple[in
 
 def resolve(cfg, input_shape: Sequence[int], output_size=None, dtype=None):
     """Checks an input for ``cfg``; returns ``(batched, output_padding, output shape)``."""
-    shape = tuple(int(s) for s in input_shape)
+    shape = _sizes(cfg, input_shape)
     batched = check_input(cfg, shape, dtype)
     out_pad = resolve_output_padding(cfg, shape, output_size)
     out = output_spatial(cfg, shape[-cfg.ndim :], out_pad)
@@ -172,11 +198,13 @@ def output_shape(cfg, input_shape: Sequence[int], output_size=None) -> tuple[int
     ``(N, C_in, *sp)`` gives ``(N, C_out, *sp_out)``; ``(C_in, *sp)`` gives
     ``(C_out, *sp_out)``.
     """
+    check_config(cfg, "jconv.output_shape")
     return resolve(cfg, input_shape, output_size)[2]
 
 
 def num_params(cfg) -> int:
     """Number of scalars in the weight and the bias."""
+    check_config(cfg, "jconv.num_params")
     return math.prod(cfg.weight_shape) + (cfg.out_channels if cfg.bias else 0)
 
 
@@ -186,7 +214,8 @@ def flops(cfg, input_shape: Sequence[int], output_size=None) -> int:
     conv: ``2 · N · C_out · ∏out · (C_in/groups) · ∏k``; transposed: ``2 · N · C_in ·
     ∏in · (C_out/groups) · ∏k`` (each input element meets each kernel tap once).
     """
-    out = output_shape(cfg, input_shape, output_size)
+    check_config(cfg, "jconv.flops")
+    out = resolve(cfg, input_shape, output_size)[2]
     batch = out[0] if len(out) == cfg.ndim + 2 else 1
     taps = math.prod(cfg.kernel_size)
     if cfg.transposed:
@@ -200,4 +229,5 @@ def flops(cfg, input_shape: Sequence[int], output_size=None) -> int:
 
 def receptive_field(cfg) -> tuple[int, ...]:
     """Input extent one output element sees, per dimension: ``d·(k − 1) + 1``."""
+    check_config(cfg, "jconv.receptive_field")
     return tuple(d * (k - 1) + 1 for k, d in zip(cfg.kernel_size, cfg.dilation))

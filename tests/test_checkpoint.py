@@ -82,6 +82,14 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_saving_to_a_folder_or_into_a_missing_one_says_so(tmp_path):
+    with pytest.raises(IsADirectoryError, match="it is a folder; give a file path such as"):
+        jconv.save(tmp_path, _params())
+    with pytest.raises(FileNotFoundError, match="the folder .*absent does not exist"):
+        jconv.save(tmp_path / "absent" / "m.safetensors", _params())
+    assert os.listdir(tmp_path) == []
+
+
 def test_torch_reads_jconv_files_and_jconv_reads_torch_files(tmp_path, torch):
     from safetensors.torch import load_file, save_file
 

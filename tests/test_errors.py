@@ -555,6 +555,31 @@ CATALOGUE = [
         ValueError,
         ["could not read weight (list) as an array"],
     ),
+    # --- shape helpers
+    (
+        "output_shape of a shape with a float",
+        lambda: jconv.output_shape(jconv.Conv1d(1, 1, 3), (1, 1, 5.0)),
+        TypeError,
+        ["Conv1d", "input shape[2] must be an int", "5.0"],
+    ),
+    (
+        "output_shape of a string",
+        lambda: jconv.output_shape(jconv.Conv1d(1, 1, 3), "1,1,5"),
+        TypeError,
+        ["input shape must be a tuple of ints", "'1,1,5'"],
+    ),
+    (
+        "output_shape of a negative size",
+        lambda: jconv.output_shape(jconv.Conv1d(1, 1, 3), (1, 1, -5)),
+        ValueError,
+        ["negative size", "(1, 1, -5)"],
+    ),
+    (
+        "num_params of something not a config",
+        lambda: jconv.num_params({"in_channels": 3}),
+        TypeError,
+        ["jconv.num_params expects a jconv config", "got dict"],
+    ),
     # --- checkpoint files (jconv.load / jconv.save)
     (
         "checkpoint that is a pickle",

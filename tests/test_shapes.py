@@ -64,3 +64,17 @@ def test_flops_close_to_xla_cost_analysis():
 
 def test_receptive_field():
     assert jconv.receptive_field(jconv.Conv2d(1, 1, (3, 5), dilation=(2, 1))) == (5, 5)
+
+
+def test_numpy_and_jax_integers_are_ints_everywhere():
+    """torch takes numpy integers for every size; a 0-d one is a scalar, not a sequence."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    cfg = jconv.Conv2d(
+        np.int64(3), np.int32(4), np.int64(3), stride=np.int64(2), padding=np.int64(1),
+        dilation=jnp.int32(1), groups=np.int64(1),
+    )  # fmt: skip
+    assert cfg == jconv.Conv2d(3, 4, 3, stride=2, padding=1)
+    assert jconv.Conv2d(3, 4, np.array([3, 5])).kernel_size == (3, 5)
+    assert jconv.output_shape(cfg, np.array([2, 3, 9, 9])) == (2, 4, 5, 5)
