@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 from jconv import padding as _padding
@@ -36,6 +37,11 @@ def check_config(cfg, where: str) -> None:
     """TypeError unless ``cfg`` is a jconv config; ``where`` names the caller."""
     from jconv.config import CONFIG_TYPES  # config imports the lowerings, which import this
 
+    if isinstance(cfg, jax.core.Tracer):
+        raise TypeError(
+            f"{where} got a traced config: a config is not an array, so under jax.jit "
+            "mark it static (jax.jit(jconv.init, static_argnums=1)) or close over it"
+        )
     if not isinstance(cfg, CONFIG_TYPES):
         raise TypeError(
             f"{where} expects a jconv config such as jconv.Conv2d(3, 16, 3), got "

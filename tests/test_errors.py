@@ -555,6 +555,12 @@ CATALOGUE = [
         ValueError,
         ["could not read weight (list) as an array"],
     ),
+    (
+        "init under jit with the config traced",
+        lambda: jax.jit(jconv.init)(jax.random.key(0), jconv.Conv2d(3, 4, 3)),
+        TypeError,
+        ["jconv.init got a traced config", "static_argnums=1"],
+    ),
     # --- shape helpers
     (
         "output_shape of a shape with a float",
