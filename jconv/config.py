@@ -50,7 +50,7 @@ def ntuple(name: str, value: object, n: int, *, minimum: int) -> tuple[int, ...]
                 f"{name} must be an int or a tuple of {n} ints for a {n}-d convolution, "
                 f"got {name}={value!r}"
             )
-        out = tuple(_padding.as_int(name, v) for v in items)
+        out = tuple(_element(name, value, v, n) for v in items)
     else:
         out = (_padding.as_int(name, value),) * n
     if any(v < minimum for v in out):
@@ -58,6 +58,19 @@ def ntuple(name: str, value: object, n: int, *, minimum: int) -> tuple[int, ...]
         what = "positive" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{name} must be {what} in every dimension, got {name}={shown}")
     return out
+
+
+def _element(name: str, value: object, item: object, n: int) -> int:
+    """One entry of a sequence ``value`` as an int; the error shows the whole value."""
+    try:
+        return _padding.as_int(name, item)
+    except TypeError as err:
+        if "traced" in str(err):
+            raise
+        raise TypeError(
+            f"{name} must be an int or a tuple of {n} ints, got {name}={value!r}, whose "
+            f"entry {item!r} is a {type(item).__name__}"
+        ) from None
 
 
 def _dtype(name: str, value: object, *, optional: bool) -> np.dtype | None:

@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import reference  # noqa: E402
 from conftest import Case, arrays_for, jconv_grads  # noqa: E402
@@ -163,10 +164,15 @@ def _errors(mine, ref, scale):
     return out
 
 
+CLEAR_EVERY = 100  # compiled programs of every shape seen pile up over a long run
+
+
 def main() -> None:
-    for line in sys.stdin:
+    for count, line in enumerate(sys.stdin, start=1):
         spec = json.loads(line)
         print(json.dumps(check(spec)), flush=True)
+        if count % CLEAR_EVERY == 0:
+            jax.clear_caches()
 
 
 if __name__ == "__main__":
