@@ -23,6 +23,7 @@ import numpy as np
 from jax import lax
 
 from jconv.lowering import ConvSpec, custom, xla
+from jconv.lowering.xla import pad_trailing
 
 
 def out_spatial(spatial, kernel, spec: ConvSpec) -> tuple[int, ...]:
@@ -44,15 +45,6 @@ def _axis_window(size: int, start: int, step: int, out: int):
     if q_hi < q_lo:
         return None
     return start + step * q_lo, start + step * q_hi + 1, q_lo, out - 1 - q_hi
-
-
-def pad_trailing(x, pads, interior=None):
-    """Zero-pads the trailing ``len(pads)`` dims of ``x`` by (lo, hi) pairs (negative
-    values crop), with ``interior`` zeros between elements where given."""
-    interior = interior or (0,) * len(pads)
-    cfg = [(0, 0, 0)] * (x.ndim - len(pads))
-    cfg += [(lo, hi, i) for (lo, hi), i in zip(pads, interior)]
-    return lax.pad(x, jnp.zeros((), x.dtype), cfg)
 
 
 def windows(x, kernel, spec: ConvSpec, fuse_pads: bool = False):

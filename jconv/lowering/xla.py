@@ -1,9 +1,18 @@
 """The default lowering: one ``lax.conv_general_dilated`` in NCHW/OIHW layout.
 
-It is what plain JAX code runs, with one difference: it never hands XLA a
-convolution whose derivatives abort the process (see :func:`swap_hazard`).
-A transposed convolution is guarded by asking the same question about the
-forward convolution whose input gradient it is.
+It is what plain JAX code runs, with two differences:
+
+* it never hands XLA a convolution whose derivatives abort the process (see
+  :func:`swap_hazard`). A transposed convolution is guarded by asking the same
+  question about the forward convolution whose input gradient it is;
+* it never hands XLA a negative padding, nor a padding beyond the dilated
+  kernel's reach ``d·(k − 1)``, whose input gradient would have a negative one.
+  XLA's CPU convolution reads outside its input when a dimension is padded
+  negatively on one side and positively on the other (seen on jaxlib 0.10.2):
+  the input gradient of ``Conv1d(1, 4, 2, padding=((2, 0),))`` comes back with
+  garbage in it, different from run to run. Padding past the reach is applied
+  to the input first (its gradient is a slice); a negative one of a transposed
+  convolution becomes a crop of the output.
 """
 
 from __future__ import annotations
@@ -21,6 +30,29 @@ def dimension_numbers(ndim: int) -> tuple[str, str, str]:
     """``("NCHW", "OIHW", "NCHW")`` and its 1-d and 3-d forms."""
     sp = _SPATIAL[3 - ndim :]
     return ("NC" + sp, "OI" + sp, "NC" + sp)
+
+
+def pad_trailing(x, pads, interior=None):
+    """Zero-pads the trailing ``len(pads)`` dims of ``x`` by (lo, hi) pairs (negative
+    values crop), with ``interior`` zeros between elements where given."""
+    interior = interior or (0,) * len(pads)
+    cfg = [(0, 0, 0)] * (x.ndim - len(pads))
+    cfg += [(lo, hi, i) for (lo, hi), i in zip(pads, interior)]
+    return lax.pad(x, jnp.zeros((), x.dtype), cfg)
+
+
+def within_reach(x, kernel, spec: ConvSpec):
+    """``x`` padded by whatever of ``spec.pads`` exceeds ``d·(k − 1)``, and the rest.
+
+    The same convolution, but its input gradient's padding ``d·(k − 1) − pad`` is
+    never negative.
+    """
+    reach = [d * (k - 1) for k, d in zip(kernel, spec.dilation)]
+    excess = [(max(lo - r, 0), max(hi - r, 0)) for (lo, hi), r in zip(spec.pads, reach)]
+    if not any(lo or hi for lo, hi in excess):
+        return x, spec
+    pads = tuple((min(lo, r), min(hi, r)) for (lo, hi), r in zip(spec.pads, reach))
+    return pad_trailing(x, excess), spec._replace(pads=pads)
 
 
 def swap_hazard(spatial, kernel, stride, dilation, pads, groups: int) -> bool:
@@ -81,6 +113,7 @@ def _guarded(x, w, spec: ConvSpec, guard: bool, **window) -> jnp.ndarray:
 
 def conv(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
     """Forward convolution of batched ``x`` (N, C, *sp) with ``w`` (O, C/g, *k)."""
+    x, spec = within_reach(x, w.shape[2:], spec)
     guard = swap_hazard(
         x.shape[2:], w.shape[2:], spec.stride, spec.dilation, spec.pads, spec.groups
     )
@@ -116,16 +149,19 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarra
     guard = swap_hazard(out, kernel, spec.stride, spec.dilation, forward_pads, groups)
     w = w.reshape(groups, cin // groups, per_group, *kernel).swapaxes(1, 2)
     w = jnp.flip(w.reshape(groups * per_group, cin // groups, *kernel), range(2, nd + 2))
-    return _guarded(
+    pads = [
+        (d * (k - 1) - lo, d * (k - 1) - hi + op)
+        for k, d, (lo, hi), op in zip(kernel, spec.dilation, spec.pads, spec.output_padding)
+    ]
+    y = _guarded(
         x,
         w,
         spec,
         guard,
         window_strides=(1,) * nd,
-        padding=[
-            (d * (k - 1) - lo, d * (k - 1) - hi + op)
-            for k, d, (lo, hi), op in zip(kernel, spec.dilation, spec.pads, spec.output_padding)
-        ],
+        padding=[(max(lo, 0), max(hi, 0)) for lo, hi in pads],
         lhs_dilation=spec.stride,
         rhs_dilation=spec.dilation,
     )
+    # a window step of 1: a negative pad drops exactly that many outputs
+    return pad_trailing(y, [(min(lo, 0), min(hi, 0)) for lo, hi in pads])
