@@ -88,6 +88,7 @@ def forward(cfg, weight, bias, x, output_size=None):
         output_padding=out_pad,
         precision=cfg.precision,
         preferred_element_type=cfg.preferred_element_type,
+        split=any(lowering.splits(place.devices, place.sharded)),
     )
 
     def lowered(spec):

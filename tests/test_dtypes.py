@@ -116,6 +116,7 @@ def test_preferred_float32_gradients_keep_the_primal_dtypes_on_every_lowering():
         jconv.Conv2d(4, 4, 9, padding=4, groups=4, algorithm="fft"),
         jconv.Conv2d(3, 8, 4, stride=2, algorithm="s2d"),
         jconv.Conv3d(4, 4, 3, padding=1, algorithm="fold"),
+        jconv.Conv2d(4, 4, 3, padding=1, algorithm="widened"),
         jconv.ConvTranspose2d(4, 4, 4, stride=2, padding=1, algorithm="subpixel"),
         jconv.ConvTranspose2d(8, 8, 3, stride=2, groups=2, algorithm="pergroup"),
     ]:

@@ -81,7 +81,8 @@ def test_edge_case_works_and_matches_torch(torch, name, cfg, shape):
 
 NONFINITE = [
     jconv.Conv2d(3, 4, 3, padding=1),  # xla
-    jconv.Conv2d(32, 32, 3, padding=1),  # tapgrad
+    jconv.Conv2d(32, 32, 3, padding=1),  # widened
+    jconv.Conv2d(32, 32, 3, padding=1, algorithm="tapgrad"),
     jconv.Conv2d(8, 8, 3, padding=1, groups=8),  # shift
     jconv.Conv2d(8, 8, 3, stride=2, padding=1, groups=4),  # shift, strided
     jconv.Conv2d(4, 4, 13, padding=6, groups=4),  # fft
@@ -136,6 +137,7 @@ EMPTY_BATCH = [
     jconv.Conv2d(8, 8, 3, groups=2, algorithm="pergroup"),
     jconv.Conv2d(3, 8, 4, stride=2, algorithm="s2d"),
     jconv.Conv3d(4, 4, 3, padding=1, algorithm="fold"),
+    jconv.Conv2d(32, 32, 3, padding=1, algorithm="widened"),
     jconv.ConvTranspose2d(4, 4, 4, stride=2, padding=1, algorithm="subpixel"),
     jconv.ConvTranspose2d(8, 8, 3, stride=2, groups=2, algorithm="pergroup"),
     jconv.ConvTranspose1d(4, 4, 1, stride=3, algorithm="auto"),

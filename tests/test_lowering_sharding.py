@@ -1,7 +1,7 @@
 """Sharded inputs on 8 host devices: every lowering the planner may pick for a
 split input stays local.
 
-Batch-split: every lowering, forced. Height-split: every lowering but ``"fold"``
+Batch-split: every lowering, forced (``"widened"`` and ``"fold"`` then run plain XLA inside). Height-split: every lowering but ``"fold"``
 and ``"s2d"``, whose reshapes move a split space axis (the planner never picks
 them for a space-split input; ``"s2d"`` is never planned at all) and ``"fft"``
 (never planned for a split input). Runs in a subprocess, because the device
@@ -31,6 +31,7 @@ SCRIPT = textwrap.dedent(
     cases = [
         ("xla", jconv.Conv2d(8, 8, 3, padding=1)),
         ("tapgrad", jconv.Conv2d(16, 16, 3, padding=1)),
+        ("widened", jconv.Conv2d(32, 32, 3, padding=1)),
         ("shift", jconv.Conv2d(8, 16, 3, padding=1, groups=8)),
         ("shift", jconv.Conv2d(8, 8, 3, stride=2, padding=1, groups=4)),
         ("pergroup", jconv.Conv2d(8, 8, 3, padding=1, groups=2)),
@@ -85,7 +86,7 @@ def test_every_lowering_keeps_a_sharded_conv_local(split):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(rows) == (11 if split == "batch" else 9)
+    assert len(rows) == (12 if split == "batch" else 10)
     want = (
         ["batch", None, None, None, None] if split == "batch" else [None, None, "batch", None, None]
     )

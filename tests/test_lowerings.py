@@ -14,7 +14,7 @@ import jconv
 from jconv.lowering import ALGORITHMS, plan
 from tests.conftest import arrays_for, assert_matches, jconv_grads, random_case
 
-FORWARD = ("shift", "tapgrad", "matmul", "fft", "pergroup", "s2d", "fold")
+FORWARD = ("shift", "tapgrad", "matmul", "fft", "pergroup", "s2d", "fold", "widened")
 
 
 def _case_for(algorithm: str, seed: int):
@@ -55,6 +55,8 @@ SMALL = [
     ("s2d", jconv.Conv2d(3, 2, (3, 4), stride=(2, 3), padding=1), (1, 3, 7, 8)),
     ("fold", jconv.Conv3d(2, 4, (2, 3, 2), stride=(2, 1, 1), padding=1, groups=2), (1, 2, 4, 3, 3)),
     ("subpixel", jconv.ConvTranspose2d(4, 6, 3, stride=2, padding=(1, 0), groups=2), (1, 4, 3, 4)),
+    ("widened", jconv.Conv2d(3, 4, (3, 2), padding=(1, 0), dilation=(1, 2)), (2, 3, 5, 6)),
+    ("widened", jconv.Conv2d(2, 4, 3, stride=(2, 1), padding=((0, 2), (1, 1))), (1, 2, 6, 5)),
 ]
 
 
@@ -121,7 +123,10 @@ def test_fft_matches_a_direct_sum_on_a_31x31_depthwise_kernel():
 @pytest.mark.parametrize(
     "cfg, want",
     [
-        (jconv.Conv2d(64, 64, 3, padding=1), "tapgrad"),
+        (jconv.Conv2d(64, 64, 3, padding=1), "widened"),
+        (jconv.Conv2d(64, 64, 3, padding=2, dilation=2), "widened"),
+        (jconv.Conv2d(16, 16, 3, padding=1), "tapgrad"),
+        (jconv.Conv2d(64, 64, 3, stride=2, padding=1), "tapgrad"),
         (jconv.Conv2d(3, 64, 7, stride=2, padding=3), "xla"),
         (jconv.Conv1d(64, 64, 7, padding=3), "xla"),
         (jconv.Conv2d(256, 128, 1), "matmul"),
@@ -255,7 +260,7 @@ def test_bfloat16_forward_and_gradients_stay_close_on_every_lowering(groups):
         return [y, *jax.tree.leaves(vjp(jnp.ones_like(y)))]
 
     ref = [np.asarray(a, np.float32) for a in run("xla")]
-    for name in ("shift", "tapgrad", "fft", "pergroup", "s2d"):
+    for name in ("shift", "tapgrad", "fft", "pergroup", "s2d", "widened"):
         got = run(name)
         assert got[0].dtype == jnp.bfloat16, name
         for a, b in zip(got, ref):

@@ -186,6 +186,7 @@ SHARD_MAP = textwrap.dedent(
         ("shift", jconv.Conv2d(16, 16, 3, padding=1, groups=4)),
         ("shift", jconv.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)),
         ("tapgrad", jconv.Conv2d(16, 16, 3, padding=1)),
+        ("widened", jconv.Conv2d(32, 32, 3, padding=1)),
         ("matmul", jconv.Conv2d(8, 8, 1)),
         ("fft", jconv.Conv2d(8, 8, 5, padding=2, groups=8)),
         ("pergroup", jconv.Conv2d(8, 8, 3, padding=1, groups=2)),
@@ -285,6 +286,6 @@ def test_data_parallel_optax_step_equals_one_device():
 
 def test_every_lowering_runs_inside_shard_map():
     rows = _run(SHARD_MAP)
-    assert len(rows) == 11
+    assert len(rows) == 12
     for row in rows:
         assert row["err"] < 1e-5, row

@@ -25,7 +25,11 @@ Lowerings:
   ungrouped convolution per group (forward or transposed).
 * ``"s2d"``, ``"fold"`` (:mod:`jconv.lowering.folded`): a strided convolution
   as a stride-1 one over space-to-depth channels; a 3-d convolution as a 2-d one
-  with the kernel's depth taps in the channels.
+  with the kernel's depth taps in the channels (that 2-d one widened).
+* ``"widened"`` (:mod:`jconv.lowering.widened`): XLA's convolution with one
+  more output row than input, cropped, which keeps XLA's CPU backend on its
+  Eigen kernel instead of its slower YNNPACK path; the input gradient is widened
+  the same way and the weight gradient runs as convolutions of <= 16 features.
 
 Forms whose fast gradients are not autodiff's own bind
 :func:`jconv.lowering.custom.bilinear`, a primitive declared bilinear with
@@ -40,6 +44,7 @@ import math
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 ALGORITHMS = (
     "auto",
@@ -52,9 +57,10 @@ ALGORITHMS = (
     "pergroup",
     "s2d",
     "fold",
+    "widened",
 )
 _TRANSPOSED_ONLY = ("subpixel",)
-_FORWARD_ONLY = ("shift", "tapgrad", "matmul", "fft", "s2d", "fold")
+_FORWARD_ONLY = ("shift", "tapgrad", "matmul", "fft", "s2d", "fold", "widened")
 
 
 class ConvSpec(NamedTuple):
@@ -74,6 +80,7 @@ class ConvSpec(NamedTuple):
     output_padding: tuple[int, ...]
     precision: Any
     preferred_element_type: Any
+    split: bool = False  # the input may be split across devices (keep to local forms)
 
 
 def check_algorithm(algorithm: object, transposed: bool, kernel_size: tuple[int, ...] = ()) -> None:
@@ -104,7 +111,7 @@ def check_algorithm(algorithm: object, transposed: bool, kernel_size: tuple[int,
         )
 
 
-def _splits(devices: int, sharded: tuple[bool, ...] | None) -> tuple[bool, bool]:
+def splits(devices: int, sharded: tuple[bool, ...] | None) -> tuple[bool, bool]:
     """Whether the batch, and whether any spatial axis, may be split across devices."""
     if devices <= 1:
         return False, False
@@ -143,13 +150,15 @@ def plan(
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
       ``"pergroup"`` beyond;
     * dense 3-d: ``"fold"`` (``"xla"`` when split in space);
-    * dense 2-d with ≥ 16 input channels and ≤ 9 taps: ``"tapgrad"``;
+    * dense 2-d float32 with more than 16 channels in or out and a stride-1
+      dimension to widen, on one device: ``"widened"``;
+    * other dense 2-d with ≥ 16 input channels and ≤ 9 taps: ``"tapgrad"``;
     * everything else: ``"xla"``.
     """
-    del x_shape, dtype
+    del x_shape
     if cfg.algorithm != "auto":
         return cfg.algorithm
-    batch_split, space_split = _splits(devices, sharded)
+    batch_split, space_split = splits(devices, sharded)
     split = batch_split or space_split
     taps = math.prod(cfg.kernel_size)
     per_group = cfg.in_channels // cfg.groups
@@ -173,9 +182,22 @@ def plan(
         return "shift" if per_group * taps <= 64 else "pergroup"
     if cfg.ndim == 3:
         return "xla" if space_split else "fold"
+    if cfg.ndim == 2 and not split and _widens(cfg, dtype):
+        return "widened"
     if cfg.ndim == 2 and per_group >= 16 and taps <= 9:
         return "tapgrad"
     return "xla"
+
+
+def _widens(cfg: Any, dtype: Any) -> bool:
+    """Whether ``"widened"`` keeps this 2-d conv off XLA's YNNPACK path (see its module)."""
+    from jconv.lowering.widened import FEATURES
+
+    wide = max(cfg.in_channels, cfg.out_channels) > FEATURES
+    strided = [
+        s > 1 or d * (k - 1) == 0 for k, s, d in zip(cfg.kernel_size, cfg.stride, cfg.dilation)
+    ]
+    return wide and not all(strided) and str(jnp.dtype(dtype)) == "float32"
 
 
 @functools.partial(jax.jit, static_argnames=("name", "spec"))
@@ -185,7 +207,7 @@ def run(name: str, x, w, spec: ConvSpec):
     Jitted, so that eager calls compile one program per shape instead of one per
     operation; inside a caller's ``jit`` it is inlined.
     """
-    from jconv.lowering import dense, folded, subpixel, taps, xla
+    from jconv.lowering import dense, folded, subpixel, taps, widened, xla
 
     if spec.transposed:
         lowerings = {
@@ -203,5 +225,6 @@ def run(name: str, x, w, spec: ConvSpec):
             "pergroup": dense.pergroup,
             "s2d": folded.s2d,
             "fold": folded.fold,
+            "widened": widened.lowering,
         }
     return lowerings[name](x, w, spec)

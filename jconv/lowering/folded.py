@@ -7,10 +7,11 @@
   become 4×4 stride-1 convolutions over twelve channels.
 * ``"fold"``: a 3-d convolution as one 2-d convolution whose channels also hold
   the kernel's depth taps, ``X'[(n, z), (t, c)] = x[n, c, s·z + d·t]``, with the
-  depth folded into the batch.
+  depth folded into the batch. The 2-d convolution runs ``"widened"`` (plain XLA
+  when the input may be split across devices).
 
-Both only move data and add exact zeros, and run one XLA convolution, so their
-gradients are XLA's (crash guard included).
+Both only move data and add exact zeros around one XLA convolution, so their
+gradients are that convolution's (crash guard included).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.lowering import ConvSpec, xla
+from jconv.lowering import ConvSpec, widened, xla
 from jconv.lowering.taps import out_spatial, pad_trailing
 
 
@@ -68,6 +69,6 @@ def fold(x, w, spec: ConvSpec):
     z = z.transpose(0, 4, 1, 3, 2, 5, 6).reshape(batch * depth, g * kd * per_in, *x.shape[3:])
     w2 = w.swapaxes(1, 2).reshape(cout, kd * per_in, *w.shape[3:])
     plane = spec._replace(stride=tuple(stride), pads=spec.pads[1:], dilation=tuple(dil))
-    y = xla.conv(z, w2, plane)  # (N·D', O, H', W')
+    y = widened.lowering(z, w2, plane)  # (N·D', O, H', W'); plain XLA when split
     y = y.reshape(batch, depth, cout, *y.shape[2:])
     return y.transpose(0, 2, 1, 3, 4)

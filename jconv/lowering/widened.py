@@ -1,0 +1,104 @@
+"""XLA's convolution, widened by one output row so that XLA's CPU backend runs its
+Eigen kernel instead of the YNNPACK path.
+
+On jaxlib 0.10.2, XLA's CPU backend hands 2-d float32 convolutions with more than
+16 channels to YNNPACK, which ran 1.5–1.8x slower on this project's 2-core CPU
+than XLA's own (Eigen) convolution, forward and backward (``python -m jconv
+bench``). It leaves a convolution whose output is larger than its input in some
+dimension to Eigen. So, in one stride-1 dimension with a kernel reach
+``r = d·(k − 1) ≥ 1``, the padding ``(lo, hi)`` grows to ``(lo', hi')`` with
+``lo' + hi' = r + 1`` (each still at most ``r``): one more output than input,
+which is cropped off again. The numbers are XLA's direct sums, as for ``"xla"``.
+
+The input gradient of a stride-1 convolution is itself one (of the output
+cotangent, with the flipped kernel), and is widened the same way. The weight
+gradient cannot be: its kernel would be the widened cotangent, larger than its
+input, and XLA then swaps the operands into a form 30x slower. YNNPACK also
+leaves convolutions of at most 16 features to Eigen, so the weight gradient is
+summed over batch blocks of 16, each split into blocks of 16 output channels
+(1.6x faster than the YNNPACK weight gradient on a ResNet 3x3 layer).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jconv.lowering import ConvSpec, custom, xla
+from jconv.lowering.taps import _flip_swap, _transposed_spec, accumulator
+
+FEATURES = 16  # YNNPACK takes a convolution only with more features than this
+
+
+def widen_axis(kernel, spec: ConvSpec) -> int | None:
+    """The dimension to widen: stride 1 and reach ≥ 1 (the one with most room), or None."""
+    room = {
+        i: 2 * d * (k - 1) - lo - hi
+        for i, (k, s, d, (lo, hi)) in enumerate(zip(kernel, spec.stride, spec.dilation, spec.pads))
+        if s == 1 and d * (k - 1) >= 1
+    }
+    return max(room, key=room.get) if room else None
+
+
+def conv(x, w, spec: ConvSpec):
+    """Forward conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, *k), widened where possible."""
+    kernel = w.shape[2:]
+    x, spec = xla.within_reach(x, kernel, spec)
+    axis = widen_axis(kernel, spec)
+    if axis is None:
+        return xla.conv(x, w, spec)
+    reach = spec.dilation[axis] * (kernel[axis] - 1)
+    lo, hi = spec.pads[axis]
+    if lo + hi > reach:  # already one output more than input
+        return xla.conv(x, w, spec)
+    wide = (lo, reach + 1 - lo) if lo >= 1 else (1, reach)
+    pads = list(spec.pads)
+    pads[axis] = wide
+    y = xla.conv(x, w, spec._replace(pads=tuple(pads)))
+    first = wide[0] - lo
+    size = x.shape[2 + axis] + lo + hi - reach  # the unwidened output (stride 1)
+    keep = [(0, 0)] * len(kernel)
+    keep[axis] = (-first, -(y.shape[2 + axis] - first - size))
+    return xla.pad_trailing(y, keep)
+
+
+def _dx(w, dy, spec: ConvSpec):
+    """Input gradient of a stride-1 conv: a widened conv of ``dy`` with the flipped kernel."""
+    return conv(dy, _flip_swap(w, spec.groups), _transposed_spec(spec, w.shape[2:]))
+
+
+def _dw(x, dy, spec: ConvSpec, kernel):
+    """Weight gradient as a sum over batch blocks of convolutions of <= 16 features."""
+    batch, cout = x.shape[0], dy.shape[1]
+    shape = (cout, x.shape[1] // spec.groups, *kernel)
+    if spec.groups > 1:  # output-channel blocks would cut across groups
+        return custom.transpose(lambda v: xla.conv(x, v, spec), shape, dy.dtype, dy)
+    extra = -batch % FEATURES  # zero rows add nothing to the sums
+    x = jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1))
+    dy = jnp.pad(dy, [(0, extra)] + [(0, 0)] * (dy.ndim - 1))
+    total = jnp.zeros(shape, accumulator(dy.dtype))
+    for n in range(0, batch + extra, FEATURES):
+        xb, dyb = x[n : n + FEATURES], dy[n : n + FEATURES]
+        parts = [
+            custom.transpose(
+                lambda v, xb=xb: xla.conv(xb, v, spec),
+                (min(FEATURES, cout - o), *shape[1:]),
+                dy.dtype,
+                dyb[:, o : o + FEATURES],
+            )
+            for o in range(0, cout, FEATURES)
+        ]
+        total = total + jnp.concatenate(parts, axis=0).astype(total.dtype)
+    return total.astype(dy.dtype)
+
+
+custom.register("widened", conv, dx=_dx, dw=_dw)
+custom.register("widened_strided", conv, dw=_dw)
+
+
+def lowering(x, w, spec: ConvSpec):
+    """The ``"widened"`` lowering (its input gradient widened too when every stride is 1)."""
+    if spec.split:  # its batch blocks would gather a batch split across devices
+        return xla.conv(x, w, spec)
+    x, spec = xla.within_reach(x, w.shape[2:], spec)  # so the input gradient's pads are >= 0
+    form = "widened" if all(s == 1 for s in spec.stride) else "widened_strided"
+    return custom.bilinear(form, x, w, spec)
