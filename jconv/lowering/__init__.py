@@ -152,6 +152,9 @@ def plan(
     * dense 3-d: ``"fold"`` (``"xla"`` when split in space);
     * dense 2-d float32 with more than 16 channels in or out and a stride-1
       dimension to widen, on one device: ``"widened"``;
+    * dense 2-d float32 stems, strided in every dimension, with at most 4 input
+      channels and a kernel of at least 3 stride blocks per dimension, on one
+      device: ``"s2d"`` (whose stride-1 conv is widened);
     * other dense 2-d with ≥ 16 input channels and ≤ 9 taps: ``"tapgrad"``;
     * everything else: ``"xla"``.
     """
@@ -184,9 +187,25 @@ def plan(
         return "xla" if space_split else "fold"
     if cfg.ndim == 2 and not split and _widens(cfg, dtype):
         return "widened"
+    if cfg.ndim == 2 and not split and _stem(cfg, dtype):
+        return "s2d"
     if cfg.ndim == 2 and per_group >= 16 and taps <= 9:
         return "tapgrad"
     return "xla"
+
+
+def _stem(cfg: Any, dtype: Any) -> bool:
+    """A strided stem whose space-to-depth form is a widenable 3x3-or-larger conv."""
+    blocks = [
+        -(-(d * (k - 1) + 1) // s) for k, s, d in zip(cfg.kernel_size, cfg.stride, cfg.dilation)
+    ]
+    return (
+        all(s > 1 for s in cfg.stride)
+        and cfg.in_channels <= 4
+        and min(blocks) >= 3
+        and max(cfg.in_channels * math.prod(cfg.stride), cfg.out_channels) > 16
+        and str(jnp.dtype(dtype)) == "float32"
+    )
 
 
 def _widens(cfg: Any, dtype: Any) -> bool:

@@ -4,7 +4,7 @@
   convolution of the input with each ``s``-block moved into channels,
   ``X'[(c, r), m] = x[c, s·m + r]``, by the kernel ``w'[o, (c, r), j] = w[o, c, s·j + r]``
   (zero past the kernel's end). Strided stems (7×7, stride 2, three channels)
-  become 4×4 stride-1 convolutions over twelve channels.
+  become 4×4 stride-1 convolutions over twelve channels, run ``"widened"``.
 * ``"fold"``: a 3-d convolution as one 2-d convolution whose channels also hold
   the kernel's depth taps, ``X'[(n, z), (t, c)] = x[n, c, s·z + d·t]``, with the
   depth folded into the batch. The 2-d convolution runs ``"widened"`` (plain XLA
@@ -21,7 +21,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.lowering import ConvSpec, widened, xla
+from jconv.lowering import ConvSpec, widened
 from jconv.lowering.taps import out_spatial, pad_trailing
 
 
@@ -49,7 +49,7 @@ def s2d(x, w, spec: ConvSpec):
     w = w.transpose(0, 1, *(3 + 2 * i for i in range(n)), *(2 + 2 * i for i in range(n)))
     w = w.reshape(cout, -1, *blocks)
     one = spec._replace(stride=(1,) * n, pads=((0, 0),) * n, dilation=(1,) * n)
-    return xla.conv(x, w, one)
+    return widened.lowering(x, w, one)
 
 
 def fold(x, w, spec: ConvSpec):
