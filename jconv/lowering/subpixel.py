@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jconv import shapes
-from jconv.lowering import ConvSpec, custom, xla
+from jconv.lowering import ConvSpec, custom, widened, xla
 
 
 class _Axis:
@@ -100,7 +100,7 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarra
         precision=spec.precision,
         preferred_element_type=spec.preferred_element_type,
     )
-    z = xla.conv(x, sub, forward)  # (N, C_out·∏phases, *blocks)
+    z = widened.lowering(x, sub, forward)  # (N, C_out·∏phases, *blocks)
 
     # Depth-to-space: (N, C_out, *phases, *blocks) -> (N, C_out, b0, p0, b1, p1, ...).
     blocks = [a.blocks for a in axes]
