@@ -88,7 +88,8 @@ def forward(cfg, weight, bias, x, output_size=None):
         output_padding=out_pad,
         precision=cfg.precision,
         preferred_element_type=cfg.preferred_element_type,
-        split=any(lowering.splits(place.devices, place.sharded)),
+        widen=jax.default_backend() == "cpu"
+        and not any(lowering.splits(place.devices, place.sharded)),
     )
 
     def lowered(spec):

@@ -80,7 +80,9 @@ class ConvSpec(NamedTuple):
     output_padding: tuple[int, ...]
     precision: Any
     preferred_element_type: Any
-    split: bool = False  # the input may be split across devices (keep to local forms)
+    # "widened" may widen (on CPU, input on one device: its weight gradient's batch
+    # blocks would gather a split batch); otherwise it is plain "xla"
+    widen: bool = False
 
 
 def check_algorithm(algorithm: object, transposed: bool, kernel_size: tuple[int, ...] = ()) -> None:

@@ -18,7 +18,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.lowering import ConvSpec, subpixel, xla
+from jconv.lowering import ConvSpec, subpixel, widened, xla
 from jconv.lowering.taps import accumulator, out_spatial, pad_trailing, windows
 
 
@@ -109,7 +109,7 @@ def pergroup(x, w, spec: ConvSpec):
     rows = cin if spec.transposed else w.shape[0]
     one = spec._replace(groups=1)
     if not spec.transposed:
-        inner = xla.conv
+        inner = widened.lowering  # plain XLA off CPU or when split
     elif any(s > 1 for s in spec.stride):
         inner = subpixel.lowering
     else:

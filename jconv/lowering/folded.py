@@ -8,7 +8,7 @@
 * ``"fold"``: a 3-d convolution as one 2-d convolution whose channels also hold
   the kernel's depth taps, ``X'[(n, z), (t, c)] = x[n, c, s·z + d·t]``, with the
   depth folded into the batch. The 2-d convolution runs ``"widened"`` (plain XLA
-  when the input may be split across devices).
+  off CPU or when the input may be split across devices).
 
 Both only move data and add exact zeros around one XLA convolution, so their
 gradients are that convolution's (crash guard included).
@@ -69,6 +69,6 @@ def fold(x, w, spec: ConvSpec):
     z = z.transpose(0, 4, 1, 3, 2, 5, 6).reshape(batch * depth, g * kd * per_in, *x.shape[3:])
     w2 = w.swapaxes(1, 2).reshape(cout, kd * per_in, *w.shape[3:])
     plane = spec._replace(stride=tuple(stride), pads=spec.pads[1:], dilation=tuple(dil))
-    y = widened.lowering(z, w2, plane)  # (N·D', O, H', W'); plain XLA when split
+    y = widened.lowering(z, w2, plane)  # (N·D', O, H', W')
     y = y.reshape(batch, depth, cout, *y.shape[2:])
     return y.transpose(0, 2, 1, 3, 4)

@@ -99,6 +99,7 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarra
         output_padding=(0,) * n,
         precision=spec.precision,
         preferred_element_type=spec.preferred_element_type,
+        widen=spec.widen,
     )
     z = widened.lowering(x, sub, forward)  # (N, C_out·∏phases, *blocks)
 

@@ -97,7 +97,7 @@ custom.register("widened_strided", conv, dw=_dw)
 
 def lowering(x, w, spec: ConvSpec):
     """The ``"widened"`` lowering (its input gradient widened too when every stride is 1)."""
-    if spec.split:  # its batch blocks would gather a batch split across devices
+    if not spec.widen:  # off CPU, or the input may be split across devices
         return xla.conv(x, w, spec)
     x, spec = xla.within_reach(x, w.shape[2:], spec)  # so the input gradient's pads are >= 0
     form = "widened" if all(s == 1 for s in spec.stride) else "widened_strided"
