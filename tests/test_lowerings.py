@@ -268,3 +268,22 @@ def test_bfloat16_forward_and_gradients_stay_close_on_every_lowering(groups):
         assert got[0].dtype == jnp.bfloat16, name
         for a, b in zip(got, ref):
             assert np.max(np.abs(np.asarray(a, np.float32) - b)) <= 0.05 * np.max(np.abs(b)), name
+
+
+@pytest.mark.parametrize("i", range(len(SMALL)))
+def test_vmap_over_inputs_keeps_the_lowering_and_its_gradients(i):
+    """vmap over inputs alone folds the mapped axis into the batch: forward and
+    gradients (weight and input) equal the "xla" lowering's."""
+    cfg, params, x = _small(i)
+    xs = jnp.stack([x, 2 * x, -x])
+    ref_params = dataclasses.replace(params, cfg=dataclasses.replace(cfg, algorithm="xla"))
+
+    def loss(p, xs):
+        return jnp.sum(jnp.sin(jax.vmap(lambda x: jconv.apply(p, x))(xs)))
+
+    got = jax.grad(loss, argnums=(0, 1))(params, xs)
+    want = jax.grad(loss, argnums=(0, 1))(ref_params, xs)
+    chex.assert_trees_all_close(got[0].weight, want[0].weight, atol=1e-4, rtol=1e-4)
+    chex.assert_trees_all_close(got[1], want[1], atol=1e-4, rtol=1e-4)
+    ys = jax.vmap(lambda x: jconv.apply(params, x))(xs)
+    chex.assert_trees_all_close(ys, jax.vmap(lambda x: jconv.apply(ref_params, x))(xs), atol=1e-5)

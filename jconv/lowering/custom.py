@@ -114,8 +114,13 @@ def _dw(ct, x, w, *, form: str, spec):
 
 
 def _batched(args, dims, *, form: str, spec):
-    """vmap runs the primal form on the extra axis (its gradients are autodiff's)."""
+    """vmap over inputs only folds the extra axis into the batch and binds the
+    primitive again, so its gradients stay the registered forms; vmap over weights
+    runs the primal form on the extra axis (its gradients are autodiff's)."""
     x, w = (a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims))
+    if dims[1] is None:
+        y = bilinear_p.bind(x.reshape(-1, *x.shape[2:]), w, form=form, spec=spec)
+        return y.reshape(x.shape[0], -1, *y.shape[1:]), 0
     axes = tuple(None if d is None else 0 for d in dims)
     return jax.vmap(lambda a, b: _primal(a, b, form=form, spec=spec), axes)(x, w), 0
 
