@@ -125,22 +125,26 @@ def _dw(x, dy, spec: ConvSpec, kernel):
     return custom.transpose(lambda v: conv_transpose(x, v, spec), shape, dy.dtype, dy)
 
 
-custom.register(
-    "subpixel",
-    xla.conv_transpose,
-    dx=lambda w, dy, spec: xla.conv(dy, w, _forward_spec(spec)),
-    dw=_dw,
-)
+def _dx(w, dy, spec: ConvSpec):
+    return xla.conv(dy, w, _forward_spec(spec))
+
+
+custom.register("subpixel", xla.conv_transpose, dx=_dx, dw=_dw)
+custom.register("subpixel_even", conv_transpose, dx=_dx, dw=_dw)
 
 
 def lowering(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
     """The ``"subpixel"`` lowering: XLA's forward, sub-pixel and strided-conv gradients.
 
-    The forward of both forms costs about the same (XLA's is faster for odd
-    kernels), but XLA's gradients of an input-dilated convolution are slow on CPU.
+    The forward is the sub-pixel form where every strided dimension's kernel is a
+    multiple of its stride (each phase then gets the same taps, no zeros: 4x4
+    stride 2 measured 1.1x faster than XLA's) and XLA's otherwise (3x3 stride 2:
+    XLA's 1.3x faster). XLA's gradients of an input-dilated convolution are slow
+    on CPU.
     The input gradient of a transposed convolution is the strided forward
     convolution it transposes (input = our output, pads ``(lo, hi − output_padding)``,
     torch's weight as its (out, in/g) weight); the weight gradient is the
     sub-pixel form's.
     """
-    return custom.bilinear("subpixel", x, w, spec)
+    even = all(k % s == 0 for k, s in zip(w.shape[2:], spec.stride) if s > 1)
+    return custom.bilinear("subpixel_even" if even and spec.widen else "subpixel", x, w, spec)
