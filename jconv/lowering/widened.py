@@ -16,7 +16,8 @@ gradient cannot be: its kernel would be the widened cotangent, larger than its
 input, and XLA then swaps the operands into a form 30x slower. YNNPACK also
 leaves convolutions of at most 16 features to Eigen, so the weight gradient is
 summed over batch blocks of 16, each split into blocks of 16 output channels
-(1.6x faster than the YNNPACK weight gradient on a ResNet 3x3 layer).
+(1.6x faster than the YNNPACK weight gradient on a ResNet 3x3 layer), up to 32
+blocks; a larger layer keeps XLA's own weight gradient (compile time).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from jconv.lowering import ConvSpec, custom, xla
 from jconv.lowering.taps import _flip_swap, _transposed_spec, accumulator
 
 FEATURES = 16  # YNNPACK takes a convolution only with more features than this
+MAX_BLOCKS = 32  # more blocks than this: compile time grows, so XLA's weight gradient
 
 
 def widen_axis(kernel, spec: ConvSpec) -> int | None:
@@ -70,7 +72,8 @@ def _dw(x, dy, spec: ConvSpec, kernel):
     """Weight gradient as a sum over batch blocks of convolutions of <= 16 features."""
     batch, cout = x.shape[0], dy.shape[1]
     shape = (cout, x.shape[1] // spec.groups, *kernel)
-    if spec.groups > 1:  # output-channel blocks would cut across groups
+    blocks = -(-batch // FEATURES) * -(-cout // FEATURES)
+    if spec.groups > 1 or blocks > MAX_BLOCKS:  # (output-channel blocks would cut groups)
         return custom.transpose(lambda v: xla.conv(x, v, spec), shape, dy.dtype, dy)
     extra = -batch % FEATURES  # zero rows add nothing to the sums
     x = jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1))
