@@ -287,3 +287,17 @@ def test_vmap_over_inputs_keeps_the_lowering_and_its_gradients(i):
     chex.assert_trees_all_close(got[1], want[1], atol=1e-4, rtol=1e-4)
     ys = jax.vmap(lambda x: jconv.apply(params, x))(xs)
     chex.assert_trees_all_close(ys, jax.vmap(lambda x: jconv.apply(ref_params, x))(xs), atol=1e-5)
+
+
+@pytest.mark.parametrize("batch, cout", [(32, 64), (33, 17), (32, 272)])
+def test_widened_weight_gradient_blocks_and_their_limit(batch, cout):
+    """ "widened" sums its weight gradient over blocks of <= 16 images and 16 output
+    channels (ragged last blocks too), and keeps XLA's own beyond 32 blocks."""
+    cfg = jconv.Conv2d(8, cout, 3, padding=1, bias=False)
+    x = jax.random.normal(jax.random.key(0), (batch, 8, 5, 5))
+    grads = []
+    for name in ("widened", "xla"):
+        c = dataclasses.replace(cfg, algorithm=name)
+        p = jconv.init(jax.random.key(1), c)
+        grads.append(jax.grad(lambda p: jnp.sum(jnp.sin(jconv.apply(p, x))))(p).weight)
+    chex.assert_trees_all_close(grads[0], grads[1], atol=2e-5 * float(jnp.abs(grads[1]).max()))
