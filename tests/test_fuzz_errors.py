@@ -39,7 +39,7 @@ from test_errors import LAX_WORDS
 import jconv
 import jconv.functional as F
 
-PER_KIND = 8
+PER_KIND = 5
 
 CONFIG_KEYS = (
     "in_channels", "out_channels", "groups", "kernel_size", "stride", "dilation",

@@ -101,11 +101,11 @@ def _negative_pads(hlo: str) -> list[str]:
 
 
 def _all():
-    """Each case on "xla" and, in turn, on two of the other lowerings that fit it."""
+    """Each case on "xla" and, in turn, on one of the other lowerings that fit it."""
     for i, case in enumerate(CASES + TRANSPOSED):
         transposed = i >= len(CASES)
         others = [a for a in _lowerings(transposed, case[3]) if a != "xla"]
-        picked = {"xla", others[i % len(others)], others[(i + 1) % len(others)]}
+        picked = {"xla", others[i % len(others)]}
         name = f"{'transposed' if transposed else 'conv'}{case[0]}d-{case[4]}"
         for a in sorted(picked):
             yield pytest.param(case, a, transposed, id=f"{name}-{a}")
@@ -142,7 +142,7 @@ def test_input_gradient_is_right_every_time(case):
     gy = jax.random.normal(jax.random.key(2), y.shape)
     x64, w64, gy64 = (np.asarray(a, np.float64) for a in (x, params.weight, gy))
     want, _, _ = reference.conv_vjp(x64, w64, gy64, s, [tuple(p) for p in pads], d, 1)
-    for _ in range(5):
+    for _ in range(3):
         got = jax.vjp(lambda x: jconv.apply(params, x), x)[1](gy)[0]
         np.testing.assert_allclose(
             np.asarray(got, np.float64), want, atol=2e-5 * np.abs(want).max()

@@ -27,17 +27,17 @@ def matmul(x, w, spec: ConvSpec):
     g, (batch, cin), cout = spec.groups, x.shape[:2], w.shape[0]
     ((_, xt),) = windows(x, w.shape[2:], spec)
     xg = xt.reshape(batch, g, cin // g, math.prod(xt.shape[2:]))
-    # the weight broadcast over the batch: one (O/g, C/g) @ (C/g, Q) product per image
-    # and group, written straight into NCHW order (2.4x faster on CPU than a product
-    # whose output XLA has to transpose back)
-    wg = jnp.broadcast_to(w.reshape(g, cout // g, cin // g), (batch, g, cout // g, cin // g))
-    y = lax.dot_general(
-        wg,
-        xg,
-        (((3,), (2,)), ((0, 1), (0, 1))),
-        precision=spec.precision,
-        preferred_element_type=spec.preferred_element_type,
-    )
+    wg = w.reshape(g, cout // g, cin // g)
+    kw = dict(precision=spec.precision, preferred_element_type=spec.preferred_element_type)
+    if accumulator(x.dtype) == x.dtype:
+        # the weight broadcast over the batch: one (O/g, C/g) @ (C/g, Q) product per
+        # image and group, written straight into NCHW order (2.4x faster on CPU than a
+        # product whose output XLA transposes back). Narrower dtypes keep the one
+        # product below: the broadcast's weight gradient would round per image.
+        wb = jnp.broadcast_to(wg, (batch, *wg.shape))
+        y = lax.dot_general(wb, xg, (((3,), (2,)), ((0, 1), (0, 1))), **kw)
+    else:
+        y = jnp.einsum("ngcq,goc->ngoq", xg, wg, **kw)
     return y.reshape(batch, cout, *xt.shape[2:])
 
 
