@@ -97,7 +97,7 @@ def specs(draw) -> dict:
         )  # fmt: skip
     batched = draw(st.booleans())
     shape = ((draw(st.integers(1, 2)),) if batched else ()) + (cin, *spatial)
-    fitting = [a for a in ALGORITHMS if a != "auto" and _fits(a, transposed, k)]
+    fitting = [a for a in ALGORITHMS if a != "auto" and fits(a, transposed, k)]
     algorithm = draw(st.one_of(st.just("auto"), st.sampled_from(fitting)))
     extra["pairs"] = [list(p) for p in pairs]
     return dict(
@@ -108,7 +108,7 @@ def specs(draw) -> dict:
     )  # fmt: skip
 
 
-def _fits(algorithm: str, transposed: bool, kernel) -> bool:
+def fits(algorithm: str, transposed: bool, kernel) -> bool:
     try:
         check_algorithm(algorithm, transposed, tuple(kernel))
     except ValueError:

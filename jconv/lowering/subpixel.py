@@ -134,7 +134,8 @@ custom.register("subpixel_even", conv_transpose, dx=_dx, dw=_dw)
 
 
 def lowering(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
-    """The ``"subpixel"`` lowering: XLA's forward, sub-pixel and strided-conv gradients.
+    """The ``"subpixel"`` lowering: a sub-pixel or XLA forward, sub-pixel and strided-conv
+    gradients.
 
     The forward is the sub-pixel form where every strided dimension's kernel is a
     multiple of its stride (each phase then gets the same taps, no zeros: 4x4
