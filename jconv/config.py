@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 
 from jconv import padding as _padding
-from jconv.lowering import check_algorithm
+from jconv.algorithms import check_algorithm
 
 Initializer = Callable[..., Any]
 

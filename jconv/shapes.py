@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from jconv import padding as _padding
+from jconv.config import CONFIG_TYPES
 
 
 def _fmt(sizes: Sequence[int]) -> str:
@@ -35,8 +36,6 @@ def _layout(n: int) -> str:
 
 def check_config(cfg, where: str) -> None:
     """TypeError unless ``cfg`` is a jconv config; ``where`` names the caller."""
-    from jconv.config import CONFIG_TYPES  # config imports the lowerings, which import this
-
     if isinstance(cfg, jax.core.Tracer):
         raise TypeError(
             f"{where} got a traced config: a config is not an array, so under jax.jit "

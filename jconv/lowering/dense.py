@@ -18,8 +18,10 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.lowering import ConvSpec, subpixel, widened, xla
-from jconv.lowering.taps import accumulator, out_spatial, pad_trailing, windows
+from jconv.lowering import subpixel, widened, xla
+from jconv.lowering.common import accumulator, out_spatial, windows
+from jconv.lowering.spec import ConvSpec
+from jconv.lowering.xla import pad_trailing
 
 
 def matmul(x, w, spec: ConvSpec):

@@ -21,8 +21,10 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.lowering import ConvSpec, widened
-from jconv.lowering.taps import out_spatial, pad_trailing
+from jconv.lowering import widened
+from jconv.lowering.common import out_spatial
+from jconv.lowering.spec import ConvSpec
+from jconv.lowering.xla import pad_trailing
 
 
 def s2d(x, w, spec: ConvSpec):

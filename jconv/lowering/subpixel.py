@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jconv import shapes
-from jconv.lowering import ConvSpec, custom, widened, xla
+from jconv.lowering import custom, widened, xla
+from jconv.lowering.spec import ConvSpec
 
 
 class _Axis:

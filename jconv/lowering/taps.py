@@ -19,74 +19,16 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from jconv.lowering import ConvSpec, custom, xla
-from jconv.lowering.xla import pad_trailing
-
-
-def out_spatial(spatial, kernel, spec: ConvSpec) -> tuple[int, ...]:
-    """The forward output size per dimension."""
-    return tuple(
-        (i + lo + hi - d * (k - 1) - 1) // s + 1
-        for i, k, s, d, (lo, hi) in zip(spatial, kernel, spec.stride, spec.dilation, spec.pads)
-    )
-
-
-def _axis_window(size: int, start: int, step: int, out: int):
-    """Slice of an unpadded axis and the zeros around it that give ``x_pad[start + step·q]``.
-
-    ``start`` is in unpadded coordinates (negative inside the low padding). Returns
-    ``(first, last, zeros_lo, zeros_hi)``, or None when no output reads the input.
-    """
-    q_lo = -(start // step) if start < 0 else 0  # the first q with start + step·q >= 0
-    q_hi = min(out - 1, (size - 1 - start) // step)
-    if q_hi < q_lo:
-        return None
-    return start + step * q_lo, start + step * q_hi + 1, q_lo, out - 1 - q_hi
-
-
-def windows(x, kernel, spec: ConvSpec, fuse_pads: bool = False):
-    """``(t, x_t)`` per kernel tap; ``x`` is (..., *sp), ``x_t`` is (..., *out).
-
-    By default every window is a strided slice of the zero-padded input. With
-    ``fuse_pads`` it is a slice of the unpadded input with zeros padded around
-    it, which XLA fuses into a consumer loop instead of copying the padded input
-    first: measured 1.8x faster for the depthwise forward, but slower where a
-    consumer sums many windows (grouped convs) or feeds them to matrix products.
-    """
-    n = len(kernel)
-    lead, spatial = x.ndim - n, x.shape[-n:]
-    out = out_spatial(spatial, kernel, spec)
-    if not fuse_pads:
-        x = pad_trailing(x, spec.pads)
-        spec = spec._replace(pads=((0, 0),) * n)  # negative pads above cropped x
-        spatial = x.shape[-n:]
-    for t in np.ndindex(*kernel):
-        axes = [
-            _axis_window(size, d * ti - lo, s, o)
-            for size, d, ti, (lo, _), s, o in zip(
-                spatial, spec.dilation, t, spec.pads, spec.stride, out
-            )
-        ]
-        if any(a is None for a in axes):
-            yield t, jnp.zeros(x.shape[:lead] + out, x.dtype)
-            continue
-        xt = lax.slice(
-            x,
-            [0] * lead + [a[0] for a in axes],
-            list(x.shape[:lead]) + [a[1] for a in axes],
-            [1] * lead + list(spec.stride),
-        )
-        if fuse_pads:
-            xt = pad_trailing(xt, [(a[2], a[3]) for a in axes])
-        yield t, xt
-
-
-def accumulator(dtype):
-    """The dtype sums run in: float32 or wider."""
-    return jnp.promote_types(dtype, jnp.float32)
+from jconv.lowering import custom, xla
+from jconv.lowering.common import (
+    accumulator,
+    flip_swap,
+    transposed_spec,
+    windows,
+)
+from jconv.lowering.spec import ConvSpec
 
 
 def shift_conv(x, w, spec: ConvSpec):
@@ -107,26 +49,9 @@ def shift_conv(x, w, spec: ConvSpec):
     return y.reshape(batch, cout, *y.shape[3:]).astype(dtype)
 
 
-def _transposed_spec(spec: ConvSpec, kernel) -> ConvSpec:
-    """The stride-1 conv of ``dy`` that gives ``dx`` (pads ``d·(k−1) − pad``)."""
-    pads = tuple(
-        (d * (k - 1) - lo, d * (k - 1) - hi)
-        for k, d, (lo, hi) in zip(kernel, spec.dilation, spec.pads)
-    )
-    return spec._replace(pads=pads)
-
-
-def _flip_swap(w, groups: int):
-    """(O, C/g, *k) -> (C, O/g, *k), flipped: the kernel of the input gradient."""
-    cout, per_in, kernel = w.shape[0], w.shape[1], w.shape[2:]
-    w = w.reshape(groups, cout // groups, per_in, *kernel).swapaxes(1, 2)
-    w = w.reshape(groups * per_in, cout // groups, *kernel)
-    return jnp.flip(w, tuple(range(2, w.ndim)))
-
-
 def _shift_dx(w, dy, spec: ConvSpec):
     """Input gradient of a stride-1 shift conv: a shift conv of ``dy``."""
-    return shift_conv(dy, _flip_swap(w, spec.groups), _transposed_spec(spec, w.shape[2:]))
+    return shift_conv(dy, flip_swap(w, spec.groups), transposed_spec(spec, w.shape[2:]))
 
 
 def _shift_dw(x, dy, spec: ConvSpec, kernel):

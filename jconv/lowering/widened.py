@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jconv.lowering import ConvSpec, custom, xla
-from jconv.lowering.taps import _flip_swap, _transposed_spec, accumulator
+from jconv.lowering import custom, xla
+from jconv.lowering.common import accumulator, flip_swap, transposed_spec
+from jconv.lowering.spec import ConvSpec
 
 FEATURES = 16  # YNNPACK takes a convolution only with more features than this
 MAX_BLOCKS = 32  # more blocks than this: compile time grows, so XLA's weight gradient
@@ -65,7 +66,7 @@ def conv(x, w, spec: ConvSpec):
 
 def _dx(w, dy, spec: ConvSpec):
     """Input gradient of a stride-1 conv: a widened conv of ``dy`` with the flipped kernel."""
-    return conv(dy, _flip_swap(w, spec.groups), _transposed_spec(spec, w.shape[2:]))
+    return conv(dy, flip_swap(w, spec.groups), transposed_spec(spec, w.shape[2:]))
 
 
 def _dw(x, dy, spec: ConvSpec, kernel):

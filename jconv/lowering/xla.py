@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jconv import shapes
-from jconv.lowering import ConvSpec
+from jconv.lowering.spec import ConvSpec
 
 _SPATIAL = "DHW"
 
