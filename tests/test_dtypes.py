@@ -8,6 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import reference
 
 import jconv
 
@@ -72,22 +73,58 @@ def _bf16_case(cfg, shape, seed=0):
     return params, x, gy, y, gx, gp
 
 
+def _ulps_off(mine, want64):
+    """Per element, how many bfloat16 steps ``mine`` lies from ``want64`` rounded once."""
+    once = np.asarray(want64.astype(jnp.bfloat16), np.float32)
+    mine = np.asarray(mine, np.float32)
+    step = np.spacing(np.abs(once).astype(jnp.bfloat16)).astype(np.float32)
+    return np.abs(mine - once) / np.maximum(step, np.finfo(np.float32).tiny)
+
+
 def test_bf16_bias_gradient_sums_in_float32():
-    """db is the float32 sum of the bfloat16 cotangent, rounded once, as torch's is."""
+    """db is the float32 sum of the bfloat16 cotangent, rounded once, as torch's is
+    (a bfloat16 running sum of 8,192 terms would be hundreds of steps off)."""
     cfg = jconv.Conv2d(4, 6, 3, padding=1, dtype=jnp.bfloat16)
     _, _, gy, _, _, gp = _bf16_case(cfg, (8, 4, 32, 32))
-    want = np.asarray(gy, np.float32).sum(axis=(0, 2, 3)).astype(jnp.bfloat16)
-    np.testing.assert_array_equal(np.asarray(gp.bias), want)
+    want = np.asarray(gy, np.float64).sum(axis=(0, 2, 3))
+    assert _ulps_off(gp.bias, want).max() <= 1
 
 
-def test_bf16_with_a_bias_is_rounded_once_as_in_torch(torch):
-    """The bias joins the float32 sums before the one rounding to bfloat16, so the
-    output and every gradient match torch's bfloat16 conv on CPU."""
-    for cfg, shape in [
-        (jconv.Conv2d(16, 32, 3, padding=1, dtype=jnp.bfloat16), (4, 16, 20, 20)),
-        (jconv.Conv2d(8, 8, 1, dtype=jnp.bfloat16), (4, 8, 20, 20)),
-        (jconv.Conv2d(8, 8, 3, padding=1, groups=8, dtype=jnp.bfloat16), (4, 8, 20, 20)),
-    ]:
+BF16_CASES = [
+    (jconv.Conv2d(16, 32, 3, padding=1, dtype=jnp.bfloat16), (4, 16, 20, 20)),
+    (jconv.Conv2d(8, 8, 1, dtype=jnp.bfloat16), (4, 8, 20, 20)),
+    (jconv.Conv2d(8, 8, 3, padding=1, groups=8, dtype=jnp.bfloat16), (4, 8, 20, 20)),
+]
+
+
+def _bf16_reference(params, x, gy):
+    """float64 output and gradients of the bfloat16 values (bias included)."""
+    cfg = params.cfg
+    args = [np.asarray(a, np.float64) for a in (x, params.weight, gy)]
+    conv = dict(stride=cfg.stride, pads=cfg.pads, dilation=cfg.dilation, groups=cfg.groups)
+    y = reference.conv(args[0], args[1], np.asarray(params.bias, np.float64), **conv)
+    return (y, *reference.conv_vjp(*args, **conv))
+
+
+def test_bf16_with_a_bias_is_rounded_once():
+    """The bias joins the float32 sums before the one rounding to bfloat16: the output
+    and every gradient are the exact result rounded once, up to the float32 sums'
+    own rounding (which may move an element near a rounding boundary by one step)."""
+    for cfg, shape in BF16_CASES:
+        params, x, gy, y, gx, gp = _bf16_case(cfg, shape)
+        ref = _bf16_reference(params, x, gy)
+        for name, mine, want in zip(("y", "dx", "dw", "db"), (y, gx, gp.weight, gp.bias), ref):
+            chex.assert_type(mine, jnp.bfloat16)
+            off = _ulps_off(mine, want)
+            assert off.max() <= 1, f"{cfg} {name}: {off.max():.0f} bfloat16 steps off"
+            assert np.mean(off == 0) >= 0.99, f"{cfg} {name}: {np.mean(off == 0):.2%} exact"
+
+
+def test_bf16_with_a_bias_agrees_with_torch(torch):
+    """torch's bfloat16 CPU kernels round differently on different instruction sets
+    (bit-equality held on AVX-512 and failed on AVX2), so the comparison is within a
+    bfloat16 tolerance: a few steps of the output's scale."""
+    for cfg, shape in BF16_CASES:
         params, x, gy, y, gx, gp = _bf16_case(cfg, shape)
         t = torch.nn.Conv2d(
             cfg.in_channels, cfg.out_channels, cfg.kernel_size, padding=cfg.padding,
@@ -102,8 +139,9 @@ def test_bf16_with_a_bias_is_rounded_once_as_in_torch(torch):
         pairs = [(y, yt), (gx, xt.grad), (gp.weight, t.weight.grad), (gp.bias, t.bias.grad)]
         for name, (mine, theirs) in zip(("y", "dx", "dw", "db"), pairs):
             mine, theirs = np.asarray(mine, np.float32), theirs.detach().float().numpy()
-            same = np.mean(mine == theirs)
-            assert same >= 0.999, f"{cfg} {name}: only {same:.2%} of elements equal torch's"
+            scale = np.abs(theirs).max()
+            err = np.abs(mine - theirs).max() / scale
+            assert err <= 2.0**-5, f"{cfg} {name}: {err:.2e} of the scale {scale:.3g} off torch"
 
 
 def test_preferred_float32_gradients_keep_the_primal_dtypes_on_every_lowering():
