@@ -20,6 +20,7 @@ from jconv.config import (
 from jconv.io import load_state_dict, state_dict
 from jconv.layer import Params, apply, init
 from jconv.shapes import flops, num_params, output_shape, receptive_field
+from jconv.weightnorm import weight_norm
 
 __version__ = "0.1.0"
 
@@ -44,4 +45,5 @@ __all__ = [
     "receptive_field",
     "save",
     "state_dict",
+    "weight_norm",
 ]

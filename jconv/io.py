@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jconv import weightnorm
 from jconv.config import CONFIG_TYPES
 from jconv.layer import Params
 
@@ -51,6 +52,66 @@ def _layers(cfg_tree) -> list[tuple[str, Any]]:
     return out
 
 
+# torch's weight-norm names for a layer's weight: (g, v)
+WEIGHT_NORM_KEYS = (
+    ("parametrizations.weight.original0", "parametrizations.weight.original1"),
+    ("weight_g", "weight_v"),
+)
+
+
+def _weight_norm_pair(state_dict: Mapping[str, Any], prefix: str) -> tuple[str, str] | None:
+    """The (g, v) keys of a weight-norm weight under ``prefix``, if any is present."""
+    for g, v in WEIGHT_NORM_KEYS:
+        if prefix + g in state_dict or prefix + v in state_dict:
+            return prefix + g, prefix + v
+    return None
+
+
+def _read(state_dict, key: str, cfg, shape, missing: list, mismatched: list):
+    """``state_dict[key]`` as a numpy array of ``shape``, or None with the problem noted."""
+    if key not in state_dict:
+        missing.append(key)
+        return None
+    try:
+        value = to_numpy(state_dict[key])
+    except (TypeError, ValueError) as err:
+        mismatched.append(
+            f"could not read {key} ({type(state_dict[key]).__name__}) as an array: {err}"
+        )
+        return None
+    if not (np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16"):
+        mismatched.append(
+            f"dtype mismatch for {key}: the state_dict holds {value.dtype.name} "
+            f"values, {type(cfg).__name__} needs floating-point ones"
+        )
+        return None
+    if shape is not None and value.shape != shape:
+        mismatched.append(
+            f"size mismatch for {key}: copying a param with shape {value.shape} "
+            f"from the state_dict, the shape in {type(cfg).__name__} is {shape}"
+        )
+        return None
+    return value
+
+
+def _read_weight_norm(state_dict, pair, cfg, shape, missing: list, mismatched: list):
+    """The weight torch computes from a weight-norm (g, v) pair: ``g · v / ‖v‖``."""
+    g_key, v_key = pair
+    v = _read(state_dict, v_key, cfg, shape, missing, mismatched)
+    g = _read(state_dict, g_key, cfg, None, missing, mismatched)
+    if g is None or v is None:
+        return None
+    axes = weightnorm.infer_axes(g.shape, v.shape)
+    if axes is None:
+        mismatched.append(
+            f"weight norm mismatch for {g_key}: shape {g.shape} does not fit {v_key} of "
+            f"shape {v.shape}; torch's weight_norm stores g with the size of v along one "
+            "dim and 1 elsewhere (0-d for dim=None)"
+        )
+        return None
+    return weightnorm.fold(g, v, axes)
+
+
 def load_state_dict(cfg_tree: Any, state_dict: Mapping[str, Any], strict: bool = True):
     """Parameters for ``cfg_tree`` from a flat torch-style ``state_dict``.
 
@@ -58,6 +119,9 @@ def load_state_dict(cfg_tree: Any, state_dict: Mapping[str, Any], strict: bool =
     config's ``dtype``. Strict (default): missing keys, unexpected keys and wrong
     shapes are all reported together in one ValueError. ``strict=False`` ignores
     unexpected keys only; missing keys and wrong shapes are still errors.
+    A weight under torch's weight norm (``parametrizations.weight.original0`` /
+    ``original1``, or the legacy ``weight_g`` / ``weight_v``) is folded into
+    ``weight`` as torch computes it, ``g · v / ‖v‖``.
     Returns a tree of :class:`Params` shaped like ``cfg_tree``.
     """
     if not isinstance(state_dict, Mapping):
@@ -74,30 +138,15 @@ def load_state_dict(cfg_tree: Any, state_dict: Mapping[str, Any], strict: bool =
         arrays = {}
         for kind, shape in wanted.items():
             key = prefix + kind
-            expected.add(key)
-            if key not in state_dict:
-                missing.append(key)
-                continue
-            try:
-                value = to_numpy(state_dict[key])
-            except (TypeError, ValueError) as err:
-                mismatched.append(
-                    f"could not read {key} ({type(state_dict[key]).__name__}) as an array: {err}"
-                )
-                continue
-            if not (np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16"):
-                mismatched.append(
-                    f"dtype mismatch for {key}: the state_dict holds {value.dtype.name} "
-                    f"values, {type(cfg).__name__} needs floating-point ones"
-                )
-                continue
-            if value.shape != shape:
-                mismatched.append(
-                    f"size mismatch for {key}: copying a param with shape {value.shape} "
-                    f"from the state_dict, the shape in {type(cfg).__name__} is {shape}"
-                )
-                continue
-            arrays[kind] = jnp.asarray(value, dtype=cfg.dtype)
+            pair = _weight_norm_pair(state_dict, prefix) if kind == "weight" else None
+            if key in state_dict or pair is None:
+                expected.add(key)
+                value = _read(state_dict, key, cfg, shape, missing, mismatched)
+            else:
+                expected.update(pair)
+                value = _read_weight_norm(state_dict, pair, cfg, shape, missing, mismatched)
+            if value is not None:
+                arrays[kind] = jnp.asarray(value, dtype=cfg.dtype)
         built.append(arrays)
     unexpected = sorted(k for k in state_dict if k not in expected) if strict else []
     if missing or unexpected or mismatched:
