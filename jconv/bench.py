@@ -169,8 +169,9 @@ def matmul_peak(dtype, n: int = 2048, repeat: int = 5) -> float:
 class Progress:
     """A one-line progress bar on stderr."""
 
-    def __init__(self, total: int, width: int = 30, stream=sys.stderr):
-        self.total, self.width, self.stream, self.done = total, width, stream, 0
+    def __init__(self, total: int, width: int = 30, stream=None):
+        # sys.stderr at the time of use, not of import (a caller may have replaced it)
+        self.total, self.width, self.stream, self.done = total, width, stream or sys.stderr, 0
 
     def step(self, label: str) -> None:
         self.done += 1

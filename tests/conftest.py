@@ -27,7 +27,33 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a long test, deselect with -m 'not slow'")
+    config.addinivalue_line(
+        "markers",
+        "slow: the slow tier: CI runs it after the fast one (pytest -m slow); the README's "
+        "command deselects it (-m 'not slow')",
+    )
+
+
+SLOW = pytest.mark.slow
+
+
+def tiered(values, fast, ids=None):
+    """Parameters for a sweep whose full length runs in the slow tier.
+
+    ``fast`` is how many of ``values`` (spread evenly over them) also run in the
+    fast tier, or the indices of those that do; the rest are marked ``slow``.
+    Nothing is dropped: both tiers together run every value.
+    """
+    values = list(values)
+    if isinstance(fast, int):
+        step = max(1, len(values) // max(fast, 1))
+        keep = set(range(0, len(values), step)[:fast])
+    else:
+        keep = set(fast)
+    return [
+        pytest.param(v, marks=() if i in keep else SLOW, id=None if ids is None else ids[i])
+        for i, v in enumerate(values)
+    ]
 
 
 @dataclass

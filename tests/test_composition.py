@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiered
 from jax.test_util import check_grads
 
 import jconv
@@ -57,17 +58,33 @@ def _weight_and_input_fn(params):
     return f
 
 
+def _check_grads(variant, i):
+    cfg, params, x = _setup(i)
+    f = variant(_weight_and_input_fn(params))
+    check_grads(f, (params.weight, x), order=2, modes=("rev",), atol=2e-2, rtol=2e-2)
+    check_grads(f, (params.weight, x), order=1, modes=("fwd",), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.slow
 class TestCheckGrads(chex.TestCase):
+    """Every config, with and without jit."""
+
     @chex.variants(with_jit=True, without_jit=True)
     def test_check_grads(self):
         for i in range(len(CONFIGS)):
-            cfg, params, x = _setup(i)
-            f = self.variant(_weight_and_input_fn(params))
-            check_grads(f, (params.weight, x), order=2, modes=("rev",), atol=2e-2, rtol=2e-2)
-            check_grads(f, (params.weight, x), order=1, modes=("fwd",), atol=2e-2, rtol=2e-2)
+            _check_grads(self.variant, i)
 
 
-@pytest.mark.parametrize("i", range(len(CONFIGS)))
+class TestCheckGradsFastTier(chex.TestCase):
+    """The fast tier's share: the XLA-abort class and a grouped transposed conv."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_check_grads(self):
+        for i in (6, 8):
+            _check_grads(self.variant, i)
+
+
+@pytest.mark.parametrize("i", tiered(range(len(CONFIGS)), 4))
 def test_vmap_over_inputs_equals_a_loop(i):
     cfg, params, x = _setup(i)
     xs = jnp.stack([x, 2 * x, -x])
@@ -76,7 +93,7 @@ def test_vmap_over_inputs_equals_a_loop(i):
     chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("i", range(len(CONFIGS)))
+@pytest.mark.parametrize("i", tiered(range(len(CONFIGS)), 2))
 def test_vmap_over_params_gives_an_ensemble(i):
     cfg, _, x = _setup(i)
     keys = jax.random.split(jax.random.key(7), 4)
@@ -88,7 +105,7 @@ def test_vmap_over_params_gives_an_ensemble(i):
         chex.assert_trees_all_close(got[k], one, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("i", range(len(CONFIGS)))
+@pytest.mark.parametrize("i", tiered(range(len(CONFIGS)), 2))
 def test_jacfwd_equals_jacrev(i):
     cfg, params, x = _setup(i)
     x = x[:1]
@@ -99,7 +116,7 @@ def test_jacfwd_equals_jacrev(i):
     chex.assert_trees_all_close(jax.jacfwd(f)(x), jax.jacrev(f)(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("i", range(len(CONFIGS)))
+@pytest.mark.parametrize("i", tiered(range(len(CONFIGS)), 2))
 def test_grad_of_grad_runs_and_is_symmetric(i):
     cfg, params, x = _setup(i)
 

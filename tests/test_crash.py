@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import SLOW, tiered
 
 # (ndim, kernel, stride, padding, dilation, input shape): XLA's operand-swap class
 CRASHERS = [
@@ -154,15 +155,26 @@ def test_the_hazard_predicate_covers_every_crasher():
     assert not swap_hazard((6, 9), (2, 4), (2, 2), (1, 2), ((1, 1), (0, 0)), 2)  # grouped
 
 
-def test_jconv_survives_every_known_crasher():
-    proc = _run(CRASHERS, "jconv")
+def _halves(cases):
+    """The first case for the fast tier, the rest for the slow one."""
+    return [
+        pytest.param(cases[:1], id="first"),
+        pytest.param(cases[1:], id="rest", marks=SLOW),
+    ]
+
+
+@pytest.mark.parametrize("cases", _halves(CRASHERS))
+def test_jconv_survives_every_known_crasher(cases):
+    proc = _run(cases, "jconv")
     assert proc.returncode == 0 and "all done" in proc.stdout, (
         f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
     )
-    assert proc.stdout.count("ok ") == len(CRASHERS)
+    assert proc.stdout.count("ok ") == len(cases)
 
 
-@pytest.mark.parametrize("case", CRASHERS, ids=[f"case{i}" for i in range(len(CRASHERS))])
+@pytest.mark.parametrize(
+    "case", tiered(CRASHERS, [0], ids=[f"case{i}" for i in range(len(CRASHERS))])
+)
 def test_plain_lax_really_aborts_on_these(case):
     """The control: without jconv's routing the same derivatives kill the process."""
     proc = _run([case], "plain")
@@ -187,16 +199,18 @@ def test_the_hazard_predicate_covers_every_transposed_crasher():
     assert not swap_hazard((16, 16), (4, 4), (2, 2), (1, 1), ((1, 1), (1, 1)), 1)
 
 
-def test_jconv_survives_every_known_transposed_crasher():
-    proc = _run(TRANSPOSED_CRASHERS, "jconv", SCRIPT_T)
+@pytest.mark.parametrize("cases", _halves(TRANSPOSED_CRASHERS))
+def test_jconv_survives_every_known_transposed_crasher(cases):
+    proc = _run(cases, "jconv", SCRIPT_T)
     assert proc.returncode == 0 and "all done" in proc.stdout, (
         f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
     )
-    assert proc.stdout.count("ok ") == len(TRANSPOSED_CRASHERS)
+    assert proc.stdout.count("ok ") == len(cases)
 
 
 @pytest.mark.parametrize(
-    "case", TRANSPOSED_CRASHERS, ids=[f"case{i}" for i in range(len(TRANSPOSED_CRASHERS))]
+    "case",
+    tiered(TRANSPOSED_CRASHERS, [0], ids=[f"case{i}" for i in range(len(TRANSPOSED_CRASHERS))]),
 )
 def test_plain_lax_conv_transpose_really_aborts_on_these(case):
     """The control: ``lax.conv_transpose``, as a JAX user writes it, kills the process."""

@@ -8,7 +8,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import reference
+from conftest import tiered
 
 import jconv
 
@@ -144,26 +146,31 @@ def test_bf16_with_a_bias_agrees_with_torch(torch):
             assert err <= 2.0**-5, f"{cfg} {name}: {err:.2e} of the scale {scale:.3g} off torch"
 
 
-def test_preferred_float32_gradients_keep_the_primal_dtypes_on_every_lowering():
+PREFERRED = [
+    jconv.Conv2d(4, 4, 3, stride=2, algorithm="tapgrad"),
+    jconv.Conv2d(8, 8, 3, padding=1, groups=4, algorithm="shift"),
+    jconv.Conv2d(8, 8, 3, padding=1, groups=8, algorithm="shift"),
+    jconv.Conv2d(8, 4, 1, algorithm="matmul"),
+    jconv.Conv2d(4, 4, 9, padding=4, groups=4, algorithm="fft"),
+    jconv.Conv2d(3, 8, 4, stride=2, algorithm="s2d"),
+    jconv.Conv3d(4, 4, 3, padding=1, algorithm="fold"),
+    jconv.Conv2d(4, 4, 3, padding=1, algorithm="widened"),
+    jconv.ConvTranspose2d(4, 4, 4, stride=2, padding=1, algorithm="subpixel"),
+    jconv.ConvTranspose2d(8, 8, 3, stride=2, groups=2, algorithm="pergroup"),
+]
+
+
+@pytest.mark.parametrize(
+    "cfg", tiered(PREFERRED, [1, 7, 8], ids=[f"{c.algorithm}{i}" for i, c in enumerate(PREFERRED)])
+)
+def test_preferred_float32_gradients_keep_the_primal_dtypes_on_every_lowering(cfg):
     """bfloat16 in, float32 out: every lowering runs its gradients, in bfloat16."""
-    for cfg in [
-        jconv.Conv2d(4, 4, 3, stride=2, algorithm="tapgrad"),
-        jconv.Conv2d(8, 8, 3, padding=1, groups=4, algorithm="shift"),
-        jconv.Conv2d(8, 8, 3, padding=1, groups=8, algorithm="shift"),
-        jconv.Conv2d(8, 4, 1, algorithm="matmul"),
-        jconv.Conv2d(4, 4, 9, padding=4, groups=4, algorithm="fft"),
-        jconv.Conv2d(3, 8, 4, stride=2, algorithm="s2d"),
-        jconv.Conv3d(4, 4, 3, padding=1, algorithm="fold"),
-        jconv.Conv2d(4, 4, 3, padding=1, algorithm="widened"),
-        jconv.ConvTranspose2d(4, 4, 4, stride=2, padding=1, algorithm="subpixel"),
-        jconv.ConvTranspose2d(8, 8, 3, stride=2, groups=2, algorithm="pergroup"),
-    ]:
-        wide = dataclasses.replace(cfg, dtype=jnp.bfloat16, preferred_element_type=jnp.float32)
-        ref = dataclasses.replace(wide, algorithm="xla")
-        shape = (2, cfg.in_channels) + (9,) * cfg.ndim
-        _, _, _, y, gx, gp = _bf16_case(wide, shape)
-        _, _, _, y0, gx0, gp0 = _bf16_case(ref, shape)
-        chex.assert_type([y, gx, gp.weight, gp.bias], [jnp.float32] + [jnp.bfloat16] * 3)
-        for mine, want in [(y, y0), (gx, gx0), (gp.weight, gp0.weight), (gp.bias, gp0.bias)]:
-            mine, want = np.asarray(mine, np.float32), np.asarray(want, np.float32)
-            assert np.abs(mine - want).max() <= 1e-2 * np.abs(want).max(), cfg
+    wide = dataclasses.replace(cfg, dtype=jnp.bfloat16, preferred_element_type=jnp.float32)
+    ref = dataclasses.replace(wide, algorithm="xla")
+    shape = (2, cfg.in_channels) + (9,) * cfg.ndim
+    _, _, _, y, gx, gp = _bf16_case(wide, shape)
+    _, _, _, y0, gx0, gp0 = _bf16_case(ref, shape)
+    chex.assert_type([y, gx, gp.weight, gp.bias], [jnp.float32] + [jnp.bfloat16] * 3)
+    for mine, want in [(y, y0), (gx, gx0), (gp.weight, gp0.weight), (gp.bias, gp0.bias)]:
+        mine, want = np.asarray(mine, np.float32), np.asarray(want, np.float32)
+        assert np.abs(mine - want).max() <= 1e-2 * np.abs(want).max(), cfg

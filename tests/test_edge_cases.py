@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SLOW, tiered
 
 import jconv
 
@@ -65,7 +66,13 @@ EDGE = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("name, cfg, shape", EDGE, ids=[e[0] for e in EDGE])
+@pytest.mark.parametrize(
+    "name, cfg, shape",
+    [
+        pytest.param(*e, id=e[0], marks=SLOW if i in (4, 5, 8, 11, 12, 13, 14) else ())
+        for i, e in enumerate(EDGE)
+    ],
+)
 def test_edge_case_works_and_matches_torch(torch, name, cfg, shape):
     x = np.random.RandomState(0).standard_normal(shape).astype(F32)
     mine, theirs = _both(torch, cfg, x)
@@ -94,7 +101,9 @@ NONFINITE = [
 ]
 
 
-@pytest.mark.parametrize("cfg", NONFINITE, ids=lambda c: repr(c)[:60])
+@pytest.mark.parametrize(
+    "cfg", tiered(NONFINITE, [3, 5, 10], ids=[repr(c)[:60] for c in NONFINITE])
+)
 def test_nan_and_inf_propagate_as_in_torch(torch, cfg):
     """A NaN, a +inf and a -inf in the input: the same outputs are NaN and ±inf as in torch."""
     shape = (2, cfg.in_channels) + (14,) * cfg.ndim
@@ -111,7 +120,7 @@ def test_nan_and_inf_propagate_as_in_torch(torch, cfg):
     np.testing.assert_allclose(mine[finite], theirs[finite], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("algorithm", ["auto", "xla"])
+@pytest.mark.parametrize("algorithm", tiered(["auto", "xla"], [0]))
 def test_bf16_input_gives_bf16_output_close_to_torch(torch, algorithm):
     cfg = jconv.Conv2d(8, 8, 3, padding=1, groups=2, algorithm=algorithm)
     params = jconv.init(jax.random.key(0), cfg)
@@ -144,7 +153,12 @@ EMPTY_BATCH = [
 ]
 
 
-@pytest.mark.parametrize("cfg", EMPTY_BATCH, ids=lambda c: f"{type(c).__name__}-{c.algorithm}")
+@pytest.mark.parametrize(
+    "cfg",
+    tiered(
+        EMPTY_BATCH, [0, 2, 5, 10], ids=[f"{type(c).__name__}-{c.algorithm}" for c in EMPTY_BATCH]
+    ),
+)
 def test_an_empty_batch_runs_on_every_lowering(cfg):
     """Batch 0 gives an empty output of torch's shape and zero-size gradients, jit or not."""
     shape = (0, cfg.in_channels) + (9,) * cfg.ndim

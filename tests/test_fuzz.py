@@ -10,8 +10,9 @@ XLA abort becomes a failing example that names its configuration. The output and
 the input, weight and bias gradients must match the float64 NumPy reference and,
 for float32 when torch is installed, torch.
 
-Budget: ``FUZZ_EXAMPLES`` examples in CI (derandomized); ``pytest --fuzz-long``
-(or ``JCONV_FUZZ_EXAMPLES=N``) runs thousands. Every configuration ever found
+Budget: ``FUZZ_EXAMPLES``, 12 examples in the fast tier and 40 in the slow one
+(derandomized); ``pytest tests/test_fuzz.py --fuzz-long -m slow`` (or
+``JCONV_FUZZ_EXAMPLES=N``) runs thousands. Every configuration ever found
 failing goes into ``tests/fuzz_regressions.json``, which always runs.
 """
 
@@ -31,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 
 HERE = pathlib.Path(__file__).resolve().parent
 REGRESSIONS = HERE / "fuzz_regressions.json"
-FUZZ_EXAMPLES = 40
+FUZZ_EXAMPLES = {"fast": 12, "slow": 40}  # per tier
 TOL = {"float32": 2e-5, "bfloat16": 2e-2, "bfloat16->float32": 2e-2}
 TOL_FFT = {"float32": 1e-4, "bfloat16": 2e-2, "bfloat16->float32": 2e-2}
 
@@ -107,18 +108,19 @@ def check(worker: Worker, spec: dict) -> None:
             assert err is None or err <= tol, f"{where}\n{name} vs {oracle}: {err:.2e} > {tol}"
 
 
-def _examples(config) -> int:
+def _examples(config, tier: str) -> int:
     if config.getoption("--fuzz-long"):
         return int(os.environ.get("JCONV_FUZZ_EXAMPLES", 5000))
-    return int(os.environ.get("JCONV_FUZZ_EXAMPLES", FUZZ_EXAMPLES))
+    return int(os.environ.get("JCONV_FUZZ_EXAMPLES", FUZZ_EXAMPLES[tier]))
 
 
-def test_fuzz_against_numpy_and_torch(worker, request):
+@pytest.mark.parametrize("tier", ["fast", pytest.param("slow", marks=pytest.mark.slow)])
+def test_fuzz_against_numpy_and_torch(worker, request, tier):
     long = request.config.getoption("--fuzz-long")
     passed = []
 
     @settings(
-        max_examples=_examples(request.config),
+        max_examples=_examples(request.config, tier),
         deadline=None,
         derandomize=not long,
         database=None,
@@ -135,7 +137,7 @@ def test_fuzz_against_numpy_and_torch(worker, request):
     seconds = time.perf_counter() - start
     lowerings = {a: passed.count(a) for a in sorted(set(passed))}
     print(f"\nfuzz: {len(passed)} examples passed in {seconds:.0f} s; lowerings {lowerings}")
-    assert len(passed) >= _examples(request.config)
+    assert len(passed) >= _examples(request.config, tier)
 
 
 def _regressions() -> list[dict]:

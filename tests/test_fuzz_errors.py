@@ -18,7 +18,8 @@ installed, torch must refuse the same spoiled layer or input too, except where
 jconv is documented as stricter (README, *Known limits*) or has no torch
 counterpart (``algorithm``, ``dtype``, ``(lo, hi)`` pairs, ``"causal"``).
 
-Budget: ``PER_KIND`` examples per kind in CI (derandomized);
+Budget: ``PER_KIND`` examples per kind, 2 in the fast tier and 5 in the slow one
+(derandomized);
 ``pytest --fuzz-long`` (or ``JCONV_FUZZ_EXAMPLES=N``, spread over the kinds)
 runs thousands.
 """
@@ -39,7 +40,7 @@ from test_errors import LAX_WORDS
 import jconv
 import jconv.functional as F
 
-PER_KIND = 5
+PER_KIND = {"fast": 2, "slow": 5}  # per tier
 
 CONFIG_KEYS = (
     "in_channels", "out_channels", "groups", "kernel_size", "stride", "dilation",
@@ -305,20 +306,21 @@ def _have_torch() -> bool:
     return True
 
 
-def _examples(config) -> int:
+def _examples(config, tier: str) -> int:
     total = os.environ.get("JCONV_FUZZ_EXAMPLES")
     if config.getoption("--fuzz-long"):
         return -(-int(total or 5000) // len(KINDS))
-    return -(-int(total) // len(KINDS)) if total else PER_KIND
+    return -(-int(total) // len(KINDS)) if total else PER_KIND[tier]
 
 
+@pytest.mark.parametrize("tier", ["fast", pytest.param("slow", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("target,kind", KINDS, ids=[f"{t}-{k}" for t, k in KINDS])
-def test_fuzz_spoiled_calls_get_clear_errors(request, target, kind):
+def test_fuzz_spoiled_calls_get_clear_errors(request, target, kind, tier):
     spoil = {"config": _spoil_config, "input": _spoil_input, "functional": _spoil_functional}
     ran = []
 
     @settings(
-        max_examples=_examples(request.config),
+        max_examples=_examples(request.config, tier),
         deadline=None,
         derandomize=not request.config.getoption("--fuzz-long"),
         database=None,
@@ -331,4 +333,4 @@ def test_fuzz_spoiled_calls_get_clear_errors(request, target, kind):
         ran.append(1)
 
     fuzz()
-    assert len(ran) >= _examples(request.config)
+    assert len(ran) >= _examples(request.config, tier)

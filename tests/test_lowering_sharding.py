@@ -74,6 +74,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["batch", "height"])
 def test_every_lowering_keeps_a_sharded_conv_local(split):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")

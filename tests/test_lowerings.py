@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SLOW, arrays_for, assert_matches, jconv_grads, random_case, tiered
 from jax import lax
 from jax.test_util import check_grads
 
 import jconv
 from jconv.lowering import ALGORITHMS, plan
-from tests.conftest import arrays_for, assert_matches, jconv_grads, random_case
 
 FORWARD = ("shift", "tapgrad", "matmul", "fft", "pergroup", "s2d", "fold", "widened")
 
@@ -31,7 +31,7 @@ def _case_for(algorithm: str, seed: int):
 
 
 @pytest.mark.parametrize("algorithm", FORWARD)
-@pytest.mark.parametrize("seed", range(6000, 6010))
+@pytest.mark.parametrize("seed", tiered(range(6000, 6010), 2))
 def test_lowering_equals_xla_forward_and_gradients(algorithm, seed):
     """y, dx, dw and db of each lowering equal the "xla" lowering's on random configs
     (1/2/3-d, every padding form and mode, stride, dilation, dense/grouped/depthwise)."""
@@ -71,7 +71,7 @@ def _small(i: int):
     )
 
 
-@pytest.mark.parametrize("i", range(len(SMALL)))
+@pytest.mark.parametrize("i", tiered(range(len(SMALL)), [10]))
 def test_check_grads_second_order_and_forward_mode(i):
     """jax.test_util.check_grads, reverse to order 2 and forward to order 2, per lowering."""
     cfg, params, x = _small(i)
@@ -82,7 +82,7 @@ def test_check_grads_second_order_and_forward_mode(i):
     check_grads(f, (params.weight, x), order=2, modes=("rev", "fwd"), atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("i", range(len(SMALL)))
+@pytest.mark.parametrize("i", tiered(range(len(SMALL)), [9]))
 def test_jacfwd_vmap_and_hessian_compose(i):
     """Forward mode (eager and jitted), vmap over a batch of params and jax.hessian
     run through each lowering."""
@@ -249,7 +249,7 @@ def test_forced_lowering_that_does_not_fit_is_refused(kwargs, fragment):
             jconv.ConvTranspose2d(2, 2, 1, algorithm="shift")
 
 
-@pytest.mark.parametrize("groups", [1, 2, 4])
+@pytest.mark.parametrize("groups", tiered([1, 2, 4], [2]))
 def test_bfloat16_forward_and_gradients_stay_close_on_every_lowering(groups):
     """bf16 in, bf16 out, on every lowering; values and gradients within bf16 rounding
     of the "xla" lowering's (groups=4 is depthwise: its blocked weight gradient)."""
@@ -273,7 +273,7 @@ def test_bfloat16_forward_and_gradients_stay_close_on_every_lowering(groups):
 _CUSTOM = ("shift", "tapgrad", "subpixel", "widened", "matmul")  # one case of each
 
 
-@pytest.mark.parametrize("i", [[n for n, *_ in SMALL].index(name) for name in _CUSTOM])
+@pytest.mark.parametrize("i", tiered([[n for n, *_ in SMALL].index(name) for name in _CUSTOM], [0]))
 def test_vmap_over_inputs_keeps_the_lowering_and_its_gradients(i):
     """vmap over inputs alone folds the mapped axis into the batch: forward and
     gradients (weight and input) equal the "xla" lowering's."""
@@ -292,7 +292,9 @@ def test_vmap_over_inputs_keeps_the_lowering_and_its_gradients(i):
     chex.assert_trees_all_close(ys, jax.vmap(lambda x: jconv.apply(ref_params, x))(xs), atol=1e-5)
 
 
-@pytest.mark.parametrize("batch, cout", [(32, 64), (33, 17), (32, 272)])
+@pytest.mark.parametrize(
+    "batch, cout", [(32, 64), pytest.param(33, 17, marks=SLOW), pytest.param(32, 272, marks=SLOW)]
+)
 def test_widened_weight_gradient_blocks_and_their_limit(batch, cout):
     """ "widened" sums its weight gradient over blocks of <= 16 images and 16 output
     channels (ragged last blocks too), and keeps XLA's own beyond 32 blocks."""

@@ -41,7 +41,13 @@ def test_there_are_notebooks():
     assert any(p.name.startswith("03_") for p in NOTEBOOKS)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, id=p.name, marks=() if p.name.startswith("01_") else pytest.mark.slow)
+        for p in NOTEBOOKS
+    ],
+)
 def test_notebook_runs_on_a_fresh_kernel(path):
     if path.name.startswith("03_"):  # ports a torch model: needs the oracle
         pytest.importorskip("torch")

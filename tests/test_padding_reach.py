@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference
+from conftest import SLOW, tiered
 from fuzz_space import fits
 
 import jconv
@@ -99,8 +100,9 @@ def _all():
         ]
         picked = {"xla", others[i % len(others)]}
         name = f"{'transposed' if transposed else 'conv'}{case[0]}d-{case[4]}"
+        marks = () if i in (0, len(CASES)) else SLOW  # the fast tier: the first of each kind
         for a in sorted(picked):
-            yield pytest.param(case, a, transposed, id=f"{name}-{a}")
+            yield pytest.param(case, a, transposed, id=f"{name}-{a}", marks=marks)
 
 
 @pytest.mark.parametrize("case, algorithm, transposed", list(_all()))
@@ -124,7 +126,7 @@ def test_the_check_sees_negative_padding_in_plain_lax():
     assert _negative_pads(hlo) == ["-1_1"]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"conv{c[0]}d-{c[4]}")
+@pytest.mark.parametrize("case", tiered(CASES, [0], ids=[f"conv{c[0]}d-{c[4]}" for c in CASES]))
 def test_input_gradient_is_right_every_time(case):
     """Garbage from out-of-bounds reads changes from run to run: check it repeatedly."""
     n, cin, cout, k, pads, s, d, spatial = case

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference
-from conftest import arrays_for, jconv_grads, random_case, rel_err
+from conftest import arrays_for, jconv_grads, random_case, rel_err, tiered
 
 import jconv
 
 
-@pytest.mark.parametrize("seed", range(1000, 1080))
+@pytest.mark.parametrize("seed", tiered(range(1000, 1080), 10))
 def test_forward_matches_numpy_reference(seed):
     case = random_case(seed)
     cfg = case.cfg()
@@ -27,7 +27,7 @@ def test_forward_matches_numpy_reference(seed):
     assert rel_err(got, want) <= 2e-5, str(case)
 
 
-@pytest.mark.parametrize("seed", range(2000, 2060))
+@pytest.mark.parametrize("seed", tiered(range(2000, 2060), 8))
 def test_gradients_match_numpy_reference(seed):
     case = random_case(seed)
     kwargs = dict(case.kwargs, padding_mode="zeros")

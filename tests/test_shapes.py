@@ -5,12 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import random_case
+from conftest import random_case, tiered
 
 import jconv
 
 
-@pytest.mark.parametrize("seed", range(3000, 3040))
+@pytest.mark.parametrize("seed", tiered(range(3000, 3040), 5))
 def test_output_shape_equals_eval_shape(seed):
     case = random_case(seed)
     cfg = case.cfg()

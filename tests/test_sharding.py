@@ -195,8 +195,10 @@ SHARD_MAP = textwrap.dedent(
         ("subpixel", jconv.ConvTranspose2d(8, 4, 4, stride=2, padding=1)),
         ("pergroup", jconv.ConvTranspose2d(8, 4, 3, padding=1, groups=2)),
     ]
+    import sys
+    picked = [int(i) for i in sys.argv[1:]] or range(len(cases))
     rows = []
-    for name, cfg in cases:
+    for name, cfg in [cases[i] for i in picked]:
         cfg = dataclasses.replace(cfg, algorithm=name)
         p = jconv.init(jax.random.key(0), cfg)
         x = jax.random.normal(jax.random.key(1), (16, cfg.in_channels) + (8,) * cfg.ndim)
@@ -250,11 +252,23 @@ def _check(row):
     assert row["err"] < 1e-5, row
 
 
-@pytest.mark.parametrize("mode", ["auto", "explicit"])
+FAST_SUBSET = ["batch grouped g4", "height transposed"]
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "auto-fast",
+        pytest.param("auto", marks=pytest.mark.slow),
+        pytest.param("explicit", marks=pytest.mark.slow),
+    ],
+)
 def test_sharded_convs_stay_local_and_equal_one_device(mode):
-    # explicit mode runs a representative subset, to keep CI short
+    # the fast tier runs three cases; explicit mode a representative subset
     subset = (
-        []
+        FAST_SUBSET
+        if mode == "auto-fast"
+        else []
         if mode == "auto"
         else [
             "batch grouped g4",
@@ -267,12 +281,13 @@ def test_sharded_convs_stay_local_and_equal_one_device(mode):
             "batch x height depthwise",
         ]
     )
-    rows = _run(CASES + RUN_CASES, mode, *subset)
+    rows = _run(CASES + RUN_CASES, mode.removesuffix("-fast"), *subset)
     assert len(rows) == (len(subset) or 23)
     for row in rows:
         _check(row)
 
 
+@pytest.mark.slow
 def test_data_parallel_optax_step_equals_one_device():
     pytest.importorskip("optax")
     result = _run(DP_STEP)
@@ -284,8 +299,11 @@ def test_data_parallel_optax_step_equals_one_device():
     assert result["losses"][-1] < result["losses"][0], result  # it trains
 
 
-def test_every_lowering_runs_inside_shard_map():
-    rows = _run(SHARD_MAP)
-    assert len(rows) == 12
+@pytest.mark.parametrize(
+    "picked", [(10,), pytest.param((0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11), marks=pytest.mark.slow)]
+)
+def test_every_lowering_runs_inside_shard_map(picked):
+    rows = _run(SHARD_MAP, *map(str, picked))
+    assert len(rows) == len(picked)
     for row in rows:
         assert row["err"] < 1e-5, row

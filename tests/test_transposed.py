@@ -18,6 +18,7 @@ from conftest import (
     random_case,
     random_transposed_case,
     rel_err,
+    tiered,
 )
 
 import jconv
@@ -26,7 +27,7 @@ N_TORCH = 160
 TOL = 2e-4
 
 
-@pytest.mark.parametrize("seed", range(N_TORCH))
+@pytest.mark.parametrize("seed", tiered(range(N_TORCH), 15))
 def test_forward_and_grads_match_torch(seed, torch):
     import torch_oracle
 
@@ -55,7 +56,7 @@ def test_the_cases_cover_the_configuration_space():
     assert any(max(c.kwargs["dilation"]) > 1 and max(c.kwargs["stride"]) > 1 for c in cases)
 
 
-@pytest.mark.parametrize("seed", range(3000, 3060))
+@pytest.mark.parametrize("seed", tiered(range(3000, 3060), 8))
 def test_forward_matches_numpy_reference(seed):
     case = random_transposed_case(seed)
     cfg = case.cfg()
@@ -71,7 +72,7 @@ def test_forward_matches_numpy_reference(seed):
     assert rel_err(got, want) <= 2e-5, str(case)
 
 
-@pytest.mark.parametrize("seed", range(4000, 4040))
+@pytest.mark.parametrize("seed", tiered(range(4000, 4040), 4))
 def test_lowerings_agree_forward_and_gradients(seed):
     """ "subpixel" and "pergroup" give "xla"'s numbers, forward and every gradient."""
     case = random_transposed_case(seed)
@@ -84,7 +85,7 @@ def test_lowerings_agree_forward_and_gradients(seed):
     assert_matches(results[2], results[0], case, 1e-5)
 
 
-@pytest.mark.parametrize("seed", range(5000, 5040))
+@pytest.mark.parametrize("seed", tiered(range(5000, 5040), 5))
 def test_transpose_is_the_input_gradient_of_the_forward_conv(seed):
     """Conv(A -> B) with weight w (B, A/g, *k) maps z to y; ConvTranspose(B -> A) with
     the same w, stride, padding, dilation and groups is that map's adjoint, with
@@ -176,7 +177,7 @@ def test_torch_module_weights_load_and_match(torch):
     np.testing.assert_array_equal(back["weight"], mod.weight.detach().numpy())
 
 
-@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("ndim", tiered([1, 2, 3], [1]))
 def test_functional_equals_the_layer(ndim):
     cfg = CONV_T[ndim](4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=1)
     params = jconv.init(jax.random.key(ndim), cfg)
