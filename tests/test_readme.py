@@ -52,6 +52,6 @@ def test_scaling_out_snippet_runs_on_8_host_devices():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    assert "x on P('data',)" in out
-    assert "output (1, 16, 2048, 2048) split P(None, None, 'data')" in out
+    assert "x on ('data',)" in out
+    assert "output (1, 16, 2048, 2048) split (None, None, 'data')" in out
     assert "all-gather: 0  collective-permute: True" in out
