@@ -19,6 +19,8 @@ from jconv.config import (
 )
 from jconv.io import load_state_dict, state_dict
 from jconv.layer import Params, apply, init
+from jconv.lowering.tune import autotune, set_autotune
+from jconv.lowering.tune import report as autotune_report
 from jconv.shapes import flops, num_params, output_shape, receptive_field
 from jconv.weightnorm import weight_norm
 
@@ -35,6 +37,8 @@ __all__ = [
     "ConvTransposeNd",
     "Params",
     "apply",
+    "autotune",
+    "autotune_report",
     "flops",
     "functional",
     "init",
@@ -44,6 +48,7 @@ __all__ = [
     "output_shape",
     "receptive_field",
     "save",
+    "set_autotune",
     "state_dict",
     "weight_norm",
 ]

@@ -355,6 +355,12 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--out", default="bench-results", help="folder for bench.json and bench.png"
     )
+    parser.add_argument(
+        "--grid",
+        action="store_true",
+        help="the wide grid (jconv.grid): auto against xla and torch, time and memory; "
+        "--cases then takes name prefixes (dense3x3, depthwise, ...); writes grid.json/.png",
+    )
 
 
 def run(args) -> int:

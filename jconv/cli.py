@@ -38,6 +38,10 @@ def _shape(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.grid:
+        from jconv import grid
+
+        return grid.run(args)
     from jconv import bench
 
     return bench.run(args)

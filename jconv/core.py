@@ -14,6 +14,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jconv import lowering, shapes
 from jconv import padding as _padding
+from jconv.lowering import tune
 from jconv.lowering.placement import output_spec, placement
 
 
@@ -75,10 +76,13 @@ def forward(cfg, weight, bias, x, output_size=None):
     if not batched:
         x = x[None]
     dtype = cfg.compute_dtype or jnp.result_type(x.dtype, weight.dtype)
+    given = (x.shape, x.dtype, jnp.result_type(weight))
     x, w = x.astype(dtype), jnp.asarray(weight).astype(dtype)
     widen = bias is not None and cfg.preferred_element_type is None and _narrow(dtype)
     place = placement(x)
     name = lowering.plan(cfg, x.shape, dtype, jax.default_backend(), place.devices, place.sharded)
+    if cfg.algorithm == "auto" and place.devices == 1:  # opt-in: lowering/tune.py
+        name = tune.choose(cfg, *given, forward) or name
     spec = lowering.ConvSpec(
         transposed=cfg.transposed,
         stride=cfg.stride,

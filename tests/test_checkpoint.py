@@ -232,6 +232,15 @@ def test_a_header_length_beyond_the_file_is_refused(tmp_path):
     _refused(path, "the header claims")
 
 
+def test_bytes_no_tensor_claims_are_refused(tmp_path):
+    """Data past the last tensor (appended, or a tensor dropped from the header) is not
+    silently ignored: the tensors must cover the whole data buffer."""
+    data = _save_valid(tmp_path).read_bytes()
+    path = tmp_path / "trailing.safetensors"
+    path.write_bytes(data + b"\x00" * 16)
+    _refused(path, "not a valid safetensors file", "the tensors cover")
+
+
 def test_wrong_shapes_and_dtypes_in_a_valid_file_are_reported(tmp_path):
     from safetensors.numpy import save_file
 

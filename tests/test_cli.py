@@ -82,6 +82,29 @@ def test_bench_writes_json_and_chart_and_shows_progress(tmp_path, capsys):
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_grid_reports_auto_against_xla_with_memory(tmp_path, capsys):
+    """One grid shape, one round: the report's structure and its memory columns."""
+    from jconv.grid import GRID
+
+    assert len(GRID) >= 100
+    assert {c.nd for c, _ in GRID} == {1, 2, 3} and {d for _, d in GRID} == {"float32", "bfloat16"}
+    assert any(c.transposed for c, _ in GRID) and any(c.groups == c.cin > 1 for c, _ in GRID)
+    code = main(
+        ["bench", "--grid", "--cases", "pointwise:0", "--repeat", "1", "--out", str(tmp_path)]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    report = json.loads((tmp_path / "grid.json").read_text())
+    (row,) = report["rows"]
+    assert row["case"]["name"] == "pointwise:0" and row["lowering"] in ALGORITHMS
+    for impl in ("auto", "xla"):
+        assert row["temp_bytes"][impl]["forward_backward"] >= 0
+        assert row["ms"][impl]["forward"] > 0
+    assert set(report["summary"]) >= {"slower_than_0.95_xla", "over_2x_xla_memory"}
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["bench", "--grid", "--cases", "nope"]) == 2
+
+
 def test_bench_rejects_an_unknown_case():
     assert main(["bench", "--cases", "resnet3x3,nope"]) == 2
 

@@ -1,0 +1,375 @@
+"""``python -m jconv bench --grid``: the planner against plain ``"xla"`` on a wide grid.
+
+Over a hundred layer shapes, far more than the planner's rules were fitted on:
+1/2/3-d, transposed, dense, grouped, depthwise from 3x3 to 31x31, strided,
+dilated, 1x1, stems, batch 1 and training batches, long 1-d sequences,
+high-resolution narrow layers and low-resolution wide ones, in float32 and
+bfloat16. Each is timed forward and forward+backward for jconv's planner
+(``auto``), jconv forced to ``xla`` and torch (when installed), interleaved and
+shuffled, medians; and the compiled temporary memory of both jconv programs
+(``compiled.memory_analysis().temp_size_in_bytes``) is recorded. The report says
+where ``auto`` is slower than 0.95x ``xla`` or needs more than 2x its memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jconv.bench import Case, Progress, _timer, _torch_pair, geomean
+
+
+def _family(prefix: str, specs) -> list[Case]:
+    """Cases named ``prefix:i`` from (nd, batch, cin, cout, size, kernel[, options])."""
+    return [
+        Case(f"{prefix}:{i}", *s[:6], **(s[6] if len(s) > 6 else {})) for i, s in enumerate(specs)
+    ]
+
+
+GRID_F32 = (
+    # dense 3x3, stride 1
+    _family(
+        "dense3x3",
+        [
+            (2, 1, 64, 64, 56, 3, dict(padding=1)),
+            (2, 32, 64, 64, 56, 3, dict(padding=1)),
+            (2, 8, 128, 128, 28, 3, dict(padding=1)),
+            (2, 8, 256, 256, 14, 3, dict(padding=1)),
+            (2, 4, 512, 512, 7, 3, dict(padding=1)),
+            (2, 16, 32, 32, 112, 3, dict(padding=1)),
+            (2, 1, 16, 16, 512, 3, dict(padding=1)),
+            (2, 4, 8, 8, 256, 3, dict(padding=1)),
+            (2, 8, 1024, 1024, 7, 3, dict(padding=1)),
+            (2, 2, 64, 128, 64, 3, dict(padding=1)),
+        ],
+    )
+    + _family(
+        "dense3x3s2",
+        [
+            (2, 8, 64, 128, 56, 3, dict(stride=2, padding=1)),
+            (2, 32, 128, 256, 28, 3, dict(stride=2, padding=1)),
+            (2, 1, 64, 64, 112, 3, dict(stride=2, padding=1)),
+            (2, 8, 256, 512, 14, 3, dict(stride=2, padding=1)),
+            (2, 16, 32, 64, 64, 3, dict(stride=2, padding=1)),
+        ],
+    )
+    + _family(
+        "pointwise",
+        [
+            (2, 1, 256, 256, 14, 1),
+            (2, 32, 64, 256, 56, 1),
+            (2, 8, 512, 128, 28, 1),
+            (2, 2, 1024, 256, 14, 1),
+            (2, 32, 256, 64, 56, 1),
+            (2, 8, 256, 512, 28, 1, dict(stride=2)),
+            (2, 1, 96, 384, 56, 1),
+            (2, 16, 384, 96, 28, 1),
+            (2, 64, 2048, 512, 7, 1),
+            (1, 8, 512, 512, 1024, 1),
+        ],
+    )
+    + _family(
+        "depthwise",
+        [
+            (2, 8, 96, 96, 56, 3, dict(padding=1, groups=96)),
+            (2, 32, 144, 144, 28, 3, dict(padding=1, groups=144)),
+            (2, 1, 32, 32, 112, 3, dict(padding=1, groups=32)),
+            (2, 8, 384, 384, 14, 3, dict(padding=1, groups=384)),
+            (2, 8, 96, 96, 56, 3, dict(stride=2, padding=1, groups=96)),
+            (2, 32, 144, 144, 56, 3, dict(stride=2, padding=1, groups=144)),
+            (2, 8, 96, 96, 56, 5, dict(padding=2, groups=96)),
+            (2, 8, 240, 240, 28, 5, dict(padding=2, groups=240)),
+            (2, 8, 96, 96, 32, 7, dict(padding=3, groups=96)),
+            (2, 32, 96, 96, 56, 7, dict(padding=3, groups=96)),
+            (2, 8, 384, 384, 14, 7, dict(padding=3, groups=384)),
+            (2, 1, 192, 192, 28, 7, dict(padding=3, groups=192)),
+            (2, 8, 64, 64, 32, 9, dict(padding=4, groups=64)),
+            (2, 8, 64, 64, 32, 13, dict(padding=6, groups=64)),
+            (2, 8, 64, 64, 32, 31, dict(padding=15, groups=64)),
+            (2, 2, 128, 128, 16, 31, dict(padding=15, groups=128)),
+            (2, 8, 96, 192, 28, 3, dict(padding=1, groups=96)),
+            (1, 8, 256, 256, 2048, 7, dict(padding=3, groups=256)),
+            (3, 2, 64, 64, 16, 3, dict(padding=1, groups=64)),
+        ],
+    )
+    + _family(
+        "grouped",
+        [
+            (2, 32, 128, 128, 28, 3, dict(padding=1, groups=32)),
+            (2, 8, 64, 64, 56, 3, dict(padding=1, groups=4)),
+            (2, 8, 256, 256, 14, 3, dict(padding=1, groups=8)),
+            (2, 8, 64, 64, 28, 3, dict(padding=1, groups=2)),
+            (2, 8, 128, 128, 28, 3, dict(stride=2, padding=1, groups=32)),
+            (1, 8, 256, 256, 1024, 3, dict(padding=1, groups=16)),
+        ],
+    )
+    + _family(
+        "stem",
+        [
+            (2, 16, 3, 64, 224, 7, dict(stride=2, padding=3)),
+            (2, 16, 3, 96, 224, 4, dict(stride=4)),
+            (2, 16, 3, 32, 224, 3, dict(stride=2, padding=1)),
+            (2, 1, 3, 64, 224, 7, dict(stride=2, padding=3)),
+            (2, 8, 1, 32, 128, 3, dict(padding=1)),
+        ],
+    )
+    + _family(
+        "dilated",
+        [
+            (2, 16, 64, 64, 32, 3, dict(padding=2, dilation=2)),
+            (2, 8, 128, 128, 28, 3, dict(padding=4, dilation=4)),
+            (1, 8, 64, 64, 4096, 3, dict(padding=9, dilation=9)),
+            (1, 4, 32, 32, 8192, 7, dict(padding=9, dilation=3)),
+        ],
+    )
+    + _family(
+        "conv1d",
+        [
+            (1, 8, 64, 64, 4096, 7, dict(padding=3)),
+            (1, 32, 128, 128, 1024, 3, dict(padding=1)),
+            (1, 8, 32, 32, 4096, 31, dict(padding=15)),
+            (1, 8, 64, 128, 8192, 4, dict(stride=2, padding=1)),
+            (1, 1, 256, 256, 8000, 7, dict(padding=3)),
+            (1, 16, 80, 256, 400, 3, dict(padding=1)),
+            (1, 4, 1, 32, 16000, 7, dict(padding=3)),
+            (1, 8, 256, 512, 2000, 8, dict(stride=4, padding=2)),
+        ],
+    )
+    + _family(
+        "transposed1d",
+        [
+            (1, 8, 256, 128, 2000, 8, dict(stride=4, padding=2, transposed=True)),
+            (1, 8, 128, 128, 8000, 4, dict(stride=2, padding=1, transposed=True)),
+            (1, 4, 512, 256, 500, 16, dict(stride=8, padding=4, transposed=True)),
+            (1, 8, 64, 64, 4096, 2, dict(stride=2, transposed=True)),
+            (1, 2, 32, 16, 16000, 7, dict(padding=3, transposed=True)),
+        ],
+    )
+    + _family(
+        "transposed2d",
+        [
+            (2, 16, 128, 64, 16, 4, dict(stride=2, padding=1, transposed=True)),
+            (2, 8, 256, 128, 28, 2, dict(stride=2, transposed=True)),
+            (2, 8, 64, 32, 56, 3, dict(stride=2, padding=1, transposed=True)),
+            (2, 1, 512, 256, 8, 4, dict(stride=2, padding=1, transposed=True)),
+            (2, 8, 64, 64, 32, 3, dict(padding=1, transposed=True)),
+            (2, 8, 64, 64, 32, 4, dict(stride=2, padding=1, groups=4, transposed=True)),
+        ],
+    )
+    + _family(
+        "conv3d",
+        [
+            (3, 4, 32, 32, 16, 3, dict(padding=1)),
+            (3, 2, 64, 64, 16, 3, dict(padding=1)),
+            (3, 1, 16, 16, 32, 3, dict(padding=1)),
+            (3, 2, 32, 64, 32, 3, dict(stride=2, padding=1)),
+            (3, 2, 64, 64, 16, 1),
+            (3, 2, 1, 16, 32, 3, dict(padding=1)),
+            (3, 2, 64, 64, 8, 3, dict(padding=1, groups=4)),
+        ],
+    )
+    + _family(
+        "transposed3d",
+        [
+            (3, 2, 64, 32, 16, 3, dict(stride=2, padding=1, transposed=True)),
+            (3, 2, 128, 64, 8, 2, dict(stride=2, transposed=True)),
+            (3, 1, 64, 1, 32, 3, dict(stride=2, padding=1, transposed=True)),
+            (3, 1, 32, 32, 16, 3, dict(padding=1, transposed=True)),
+        ],
+    )
+)
+
+# bfloat16 twins of the layer families users train in bfloat16
+GRID_BF16 = tuple(
+    dataclasses.replace(c, name=c.name + ":bf16")
+    for c in GRID_F32
+    if c.name
+    in {
+        "dense3x3:1",
+        "dense3x3:3",
+        "dense3x3s2:0",
+        "pointwise:1",
+        "pointwise:4",
+        "depthwise:0",
+        "depthwise:9",
+        "grouped:0",
+        "stem:0",
+        "conv1d:0",
+        "transposed1d:0",
+        "transposed2d:0",
+        "conv3d:0",
+        "transposed3d:0",
+        "transposed3d:2",
+        "dilated:0",
+    }
+)
+GRID = tuple((c, "float32") for c in GRID_F32) + tuple((c, "bfloat16") for c in GRID_BF16)
+
+
+def _memory(compiled) -> int:
+    analysis = compiled.memory_analysis()
+    return int(getattr(analysis, "temp_size_in_bytes", 0) or 0) if analysis is not None else 0
+
+
+def _compiled(f, x, w, b, gy):
+    """Compiled forward and forward+backward of ``f(x, w, b)``: timers, temp bytes, seconds."""
+
+    def both(x, w, b, gy):
+        y, vjp = jax.vjp(f, x, w, b)
+        return y, vjp(gy)
+
+    t = time.perf_counter()
+    fwd = jax.jit(f).lower(x, w, b).compile()
+    fb = jax.jit(both).lower(x, w, b, gy).compile()
+    seconds = time.perf_counter() - t
+    timers = (_timer(fwd, x, w, b), _timer(fb, x, w, b, gy))
+    return timers, {"forward": _memory(fwd), "forward_backward": _memory(fb)}, seconds
+
+
+def run_grid_case(case: Case, dtype: str, repeat: int) -> dict:
+    import jconv
+    from jconv.lowering import plan
+
+    jdtype = jnp.dtype(dtype)
+    cfg = case.config("auto", dtype=jdtype)
+    params = jconv.init(jax.random.key(0), cfg)
+    x = jax.random.normal(jax.random.key(1), case.input_shape, jdtype)
+    gy = jax.random.normal(jax.random.key(2), jconv.output_shape(cfg, x.shape), jdtype)
+    w, b = params.weight, params.bias
+    timers, memory, compile_s = {}, {}, {}
+    for name in ("auto", "xla"):
+        forced = dataclasses.replace(cfg, algorithm=name)
+
+        def f(x, w, b, forced=forced):
+            return jconv.apply(jconv.Params(w, b, forced), x)
+
+        timers[name], memory[name], compile_s[name] = _compiled(f, x, w, b, gy)
+    torch_pair = _torch_pair(case, x, w, b, gy, dtype)
+    if torch_pair is not None:
+        timers["torch"] = torch_pair
+    for fwd, both in timers.values():
+        fwd(), both()
+    samples = {name: ([], []) for name in timers}
+    calls = [(name, mode) for name in timers for mode in (0, 1)]
+    order = np.random.default_rng(0)
+    for _ in range(repeat):
+        for i in order.permutation(len(calls)):
+            name, mode = calls[i]
+            samples[name][mode].append(timers[name][mode]())
+    ms = {
+        name: {"forward": 1e3 * float(np.median(f)), "forward_backward": 1e3 * float(np.median(b))}
+        for name, (f, b) in samples.items()
+    }
+    modes = ("forward", "forward_backward")
+    return {
+        "case": dataclasses.asdict(case),
+        "dtype": dtype,
+        "lowering": plan(cfg, x.shape, jdtype, jax.default_backend(), jax.device_count()),
+        "gflop": jconv.flops(cfg, x.shape) / 1e9,
+        "ms": ms,
+        "temp_bytes": memory,
+        "compile_s": compile_s,
+        "auto_vs_xla": {m: ms["xla"][m] / ms["auto"][m] for m in modes},
+        "auto_vs_torch": {m: ms["torch"][m] / ms["auto"][m] for m in modes}
+        if "torch" in ms
+        else {},
+        "memory_vs_xla": {m: memory["auto"][m] / max(memory["xla"][m], 1) for m in modes},
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    modes = ("forward", "forward_backward")
+    out = {}
+    for m in modes:
+        out[f"auto_vs_xla_{m}_geomean"] = geomean([r["auto_vs_xla"][m] for r in rows])
+        out[f"auto_vs_xla_{m}_min"] = min(r["auto_vs_xla"][m] for r in rows)
+        torch_rows = [r["auto_vs_torch"][m] for r in rows if r["auto_vs_torch"]]
+        if torch_rows:
+            out[f"auto_vs_torch_{m}_geomean"] = geomean(torch_rows)
+        out[f"memory_vs_xla_{m}_max"] = max(r["memory_vs_xla"][m] for r in rows)
+    out["slower_than_0.95_xla"] = [
+        f"{r['case']['name']} ({r['lowering']}, {m}: {r['auto_vs_xla'][m]:.2f}x)"
+        for r in rows
+        for m in modes
+        if r["auto_vs_xla"][m] < 0.95
+    ]
+    out["over_2x_xla_memory"] = [
+        f"{r['case']['name']} ({r['lowering']}, {m}: {r['memory_vs_xla'][m]:.1f}x)"
+        for r in rows
+        for m in modes
+        if r["memory_vs_xla"][m] > 2 and r["temp_bytes"]["auto"][m] > (1 << 20)
+    ]
+    return out
+
+
+def chart(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(2, 1, figsize=(14, 7), sharex=True)
+    xs = np.arange(len(rows))
+    for ax, key, label in (
+        (axes[0], "auto_vs_xla", "auto speedup over xla"),
+        (axes[1], "memory_vs_xla", "auto temp memory / xla's"),
+    ):
+        for m, marker in (("forward", "o"), ("forward_backward", "x")):
+            ax.scatter(xs, [r[key][m] for r in rows], marker=marker, s=14, label=m)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    axes[1].set_xticks(xs, [r["case"]["name"] for r in rows], rotation=90, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def run(args) -> int:
+    picked = [
+        (c, d)
+        for c, d in GRID
+        if args.cases == "all" or any(c.name.startswith(p) for p in args.cases.split(","))
+    ]
+    if not picked:
+        print(f"no grid case matches {args.cases!r}", file=sys.stderr)
+        return 2
+    progress = Progress(len(picked))
+    rows = []
+    for case, dtype in picked:
+        rows.append(run_grid_case(case, dtype, args.repeat))
+        progress.step(case.name)
+    summary = summarize(rows)
+    for r in rows:
+        a, m = r["auto_vs_xla"], r["memory_vs_xla"]
+        print(
+            f"{r['case']['name']:22s} {r['dtype']:8s} {r['lowering']:9s} "
+            f"fwd {a['forward']:5.2f}x f+b {a['forward_backward']:5.2f}x vs xla, "
+            f"memory {m['forward']:5.1f}x/{m['forward_backward']:5.1f}x"
+        )
+    print(json.dumps(summary, indent=1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "repeat": args.repeat,
+        "summary": summary,
+        "rows": rows,
+    }
+    (out / "grid.json").write_text(json.dumps(report, indent=1))
+    drawn = chart(rows, out / "grid.png")
+    print(f"wrote {out / 'grid.json'}" + (f" and {out / 'grid.png'}" if drawn else ""))
+    return 0

@@ -1,0 +1,360 @@
+"""Opt-in autotuning: time the lowerings that fit a call once, keep the fastest.
+
+Like ``torch.backends.cudnn.benchmark``: off by default, because the first call
+of each new (config, input shape, dtype, device kind, jax and jaxlib version)
+then compiles and times every candidate lowering. Switch it on with
+
+* ``jconv.set_autotune(True)`` (global), or ``with jconv.autotune():`` (a block);
+* the environment variable ``JCONV_AUTOTUNE=1`` (``=forward`` for inference).
+
+What it does, per new key:
+
+* candidates: ``"xla"`` always, and every other lowering that fits the config
+  and is plausible for it (``shift`` only with few terms per output, ``fft``
+  only for depthwise kernels of 9 taps or more, ...; see :func:`candidates`);
+* each is compiled and timed on random inputs of the call's shape and dtype,
+  forward+backward (input, weight and bias gradients) by default, or forward
+  only with ``mode="forward"``; medians of a few runs after a warm-up;
+* among those whose compiled temporary memory is at most ``memory_cap`` times
+  xla's, the fastest wins; ``xla`` unless another is faster by more than 3%.
+
+Timing runs in a worker thread, outside the caller's trace, so the first call may
+come under ``jit``, ``grad`` or ``vmap``; the choice is then baked into that
+trace. Choices are kept in memory and in a JSON file (``$JCONV_TUNE_CACHE``, or
+``jconv/autotune.json`` under ``$XDG_CACHE_HOME`` or ``~/.cache``; ``cache=False``
+keeps them in memory only). A file that is corrupt, of another format or of
+another version is ignored with a warning; writers take a lock and replace the
+file atomically, so processes can share it. Inputs split across devices keep
+the planner's placement rules and are never tuned: timing one device's block
+would not say what the partitioned program costs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+from jconv.algorithms import ALGORITHMS, check_algorithm
+
+FORMAT, VERSION = "jconv-autotune", 1
+MODES = ("train", "forward")
+MARGIN = 0.97  # another lowering must beat xla by 3% to be chosen: timing noise
+log = logging.getLogger("jconv.autotune")
+
+
+class Settings(NamedTuple):
+    enabled: bool = False
+    mode: str = "train"
+    cache: str | os.PathLike | bool | None = None  # None: the default file; False: memory only
+    memory_cap: float = 2.0
+    repeat: int = 5
+
+
+def _from_env() -> Settings:
+    value = os.environ.get("JCONV_AUTOTUNE", "").strip().lower()
+    if value in ("", "0", "false", "off", "no"):
+        return Settings()
+    return Settings(enabled=True, mode="forward" if value in ("forward", "inference") else "train")
+
+
+_settings = _from_env()
+_local = threading.local()  # a ``with autotune()`` block's settings, per thread
+_memory: dict[str, dict] = {}  # key -> entry, this process
+_report: list[dict] = []  # what this process tuned, with the cost
+_lock = threading.Lock()
+
+
+def _check(mode: str, memory_cap: float, repeat: int) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got mode={mode!r}")
+    if not (isinstance(memory_cap, (int, float)) and memory_cap >= 1):
+        raise ValueError(f"memory_cap must be a number >= 1, got memory_cap={memory_cap!r}")
+    if not (isinstance(repeat, int) and repeat >= 1):
+        raise ValueError(f"repeat must be a positive int, got repeat={repeat!r}")
+
+
+def set_autotune(
+    enabled: bool = True,
+    *,
+    mode: str = "train",
+    cache: str | os.PathLike | bool | None = None,
+    memory_cap: float = 2.0,
+    repeat: int = 5,
+) -> None:
+    """Switches autotuning on or off for the whole process (see the module doc)."""
+    global _settings
+    _check(mode, memory_cap, repeat)
+    _settings = Settings(bool(enabled), mode, cache, float(memory_cap), repeat)
+
+
+@contextlib.contextmanager
+def autotune(
+    enabled: bool = True,
+    *,
+    mode: str = "train",
+    cache: str | os.PathLike | bool | None = None,
+    memory_cap: float = 2.0,
+    repeat: int = 5,
+):
+    """``with jconv.autotune():`` tunes the calls traced inside the block."""
+    _check(mode, memory_cap, repeat)
+    before = getattr(_local, "settings", None)
+    _local.settings = Settings(bool(enabled), mode, cache, float(memory_cap), repeat)
+    try:
+        yield
+    finally:
+        _local.settings = before
+
+
+def settings() -> Settings:
+    """The settings in force in this thread."""
+    return getattr(_local, "settings", None) or _settings
+
+
+def report() -> list[dict]:
+    """What this process tuned: key, candidates' times and memory, choice, seconds spent."""
+    return list(_report)
+
+
+def cache_path(s: Settings | None = None) -> Path | None:
+    s = s or settings()
+    if s.cache is False:
+        return None
+    if s.cache not in (None, True):
+        return Path(s.cache)
+    if os.environ.get("JCONV_TUNE_CACHE"):
+        return Path(os.environ["JCONV_TUNE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jconv" / "autotune.json"
+
+
+# ------------------------------------------------------------------ candidates
+
+
+def candidates(cfg: Any) -> list[str]:
+    """``"xla"`` and the other lowerings that fit ``cfg`` and could plausibly win."""
+    taps = math.prod(cfg.kernel_size)
+    per_group = cfg.in_channels // cfg.groups
+    depthwise = cfg.groups > 1 and per_group == 1
+    strided = any(s > 1 for s in cfg.stride)
+    plausible = {
+        "xla": True,
+        "subpixel": strided,
+        "shift": per_group * taps <= 256,
+        "tapgrad": cfg.groups == 1 and taps <= 49,
+        "matmul": taps == 1,
+        "fft": depthwise and taps >= 9,
+        "pergroup": cfg.groups > 1 and not depthwise,
+        "s2d": strided and cfg.groups == 1,
+        "fold": cfg.ndim == 3,
+        "widened": cfg.groups == 1 and jax.default_backend() == "cpu",
+    }
+    out = []
+    for name in ALGORITHMS[1:]:
+        try:
+            check_algorithm(name, cfg.transposed, cfg.kernel_size)
+        except ValueError:
+            continue
+        if plausible.get(name, False):
+            out.append(name)
+    return out
+
+
+# ------------------------------------------------------------------ keys and the file
+
+
+def key(cfg: Any, x_shape, x_dtype, w_dtype, mode: str) -> str:
+    device = jax.devices()[0]
+    auto = dataclasses.replace(cfg, algorithm="auto")
+    return json.dumps(
+        [
+            repr(auto),
+            list(x_shape),
+            str(jnp.dtype(x_dtype)),
+            str(jnp.dtype(w_dtype)),
+            mode,
+            device.platform,
+            getattr(device, "device_kind", ""),
+            jax.__version__,
+            jaxlib.__version__,
+        ]
+    )
+
+
+def _read(path: Path) -> dict[str, dict]:
+    """The entries of the cache file; {} with a warning when it is unusable."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        warnings.warn(f"jconv autotune cache {path} unreadable ({err}); ignoring it", stacklevel=3)
+        return {}
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError("not a jconv autotune cache")
+        if data.get("version") != VERSION:
+            raise ValueError(f"version {data.get('version')!r}, this jconv writes {VERSION}")
+        entries = data["entries"]
+        if not isinstance(entries, dict) or not all(
+            isinstance(v, dict) and v.get("algorithm") in ALGORITHMS for v in entries.values()
+        ):
+            raise ValueError("malformed entries")
+    except (ValueError, KeyError, TypeError) as err:
+        warnings.warn(f"jconv autotune cache {path} ignored: {err}", stacklevel=3)
+        return {}
+    return entries
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock on ``path``.lock between processes (where fcntl exists)."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks: the atomic replace still keeps the file whole
+        yield
+        return
+    with open(str(path) + ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write(path: Path, key_: str, entry: dict) -> None:
+    """Adds one entry: under the lock, read, merge and replace the file atomically."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a broken file was already reported
+                entries = _read(path)
+            entries[key_] = entry
+            text = json.dumps({"format": FORMAT, "version": VERSION, "entries": entries})
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+    except OSError as err:
+        warnings.warn(f"jconv autotune cache {path} not written ({err})", stacklevel=3)
+
+
+# ------------------------------------------------------------------ timing
+
+
+def _program(cfg: Any, x_shape, x_dtype, w_dtype, mode: str, forward):
+    """The jitted program that a call runs (``forward(cfg, w, b, x)``), and random
+    arguments for it."""
+    rs = np.random.RandomState(0)
+    x = jnp.asarray(rs.standard_normal(x_shape), x_dtype)
+    w = jnp.asarray(rs.standard_normal(cfg.weight_shape) * 0.1, w_dtype)
+    b = jnp.asarray(rs.standard_normal(cfg.bias_shape), w_dtype) if cfg.bias else None
+
+    def run(w, b, x):
+        return forward(cfg, w, b, x)
+
+    if mode == "forward":
+        return jax.jit(run), (w, b, x)
+
+    def train(w, b, x):
+        y, vjp = jax.vjp(run, w, b, x)
+        return vjp(jnp.ones_like(y))
+
+    return jax.jit(train), (w, b, x)
+
+
+def measure(cfg: Any, x_shape, x_dtype, w_dtype, mode: str, repeat: int, forward) -> dict:
+    """Milliseconds (median) and compiled temporary bytes of ``cfg``'s forced lowering."""
+    fn, args = _program(cfg, x_shape, x_dtype, w_dtype, mode, forward)
+    compiled = fn.lower(*args).compile()
+    memory = compiled.memory_analysis()
+    temp = int(getattr(memory, "temp_size_in_bytes", 0) or 0) if memory is not None else 0
+    jax.block_until_ready(compiled(*args))
+    times, budget = [], time.perf_counter() + 2.0
+    while len(times) < repeat and (len(times) < 2 or time.perf_counter() < budget):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    return {"ms": 1e3 * float(np.median(times)), "temp_bytes": temp}
+
+
+def _tune(cfg: Any, x_shape, x_dtype, w_dtype, s: Settings, forward) -> dict:
+    start = time.perf_counter()
+    results, failed = {}, {}
+    for name in candidates(cfg):
+        forced = dataclasses.replace(cfg, algorithm=name)
+        try:
+            results[name] = measure(forced, x_shape, x_dtype, w_dtype, s.mode, s.repeat, forward)
+        except Exception as err:  # a candidate that fails to build is not chosen
+            failed[name] = f"{type(err).__name__}: {err}"[:200]
+    base = results["xla"]
+    cap = s.memory_cap * max(base["temp_bytes"], 1 << 20)  # a floor for tiny programs
+    best = "xla"
+    for name, r in results.items():
+        if r["temp_bytes"] <= cap and r["ms"] < MARGIN * results[best]["ms"]:
+            best = name
+    return {
+        "algorithm": best,
+        "results": results,
+        "failed": failed,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def choose(cfg: Any, x_shape, x_dtype, w_dtype, forward) -> str | None:
+    """The tuned lowering for this call, or None when tuning is off.
+
+    ``forward(cfg, weight, bias, x)`` runs one call (:func:`jconv.core.forward`).
+    """
+    s = settings()
+    if not s.enabled:
+        return None
+    key_ = key(cfg, x_shape, x_dtype, w_dtype, s.mode)
+    with _lock:
+        if key_ in _memory:
+            return _memory[key_]["algorithm"]
+        path = cache_path(s)
+        if path is not None:
+            _memory.update(_read(path))
+            if key_ in _memory:
+                return _memory[key_]["algorithm"]
+        # outside the caller's trace: a thread has its own (empty) trace context
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            job = pool.submit(_tune, cfg, tuple(x_shape), x_dtype, w_dtype, s, forward)
+            entry = job.result()
+        _memory[key_] = entry
+        _report.append({"key": key_, **entry})
+        log.info(
+            "tuned %s on %s: %s in %.1f s (%s)",
+            repr(cfg),
+            tuple(x_shape),
+            entry["algorithm"],
+            entry["seconds"],
+            ", ".join(f"{n} {r['ms']:.2f} ms" for n, r in entry["results"].items()),
+        )
+        if path is not None:
+            _write(path, key_, entry)
+        return entry["algorithm"]
