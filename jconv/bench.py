@@ -110,8 +110,8 @@ def _timer(fn: Callable, *args) -> Callable[[], float]:
     return once
 
 
-def _jax_pair(f: Callable, x, w, b, gy) -> tuple[Callable, Callable, float]:
-    """Jitted forward and forward+backward of ``f(x, w, b)``, and their compile seconds."""
+def compile_pair(f: Callable, x, w, b, gy):
+    """Compiled forward and forward+backward of ``f(x, w, b)``, and their compile seconds."""
 
     def both(x, w, b, gy):
         y, vjp = jax.vjp(f, x, w, b)
@@ -120,7 +120,31 @@ def _jax_pair(f: Callable, x, w, b, gy) -> tuple[Callable, Callable, float]:
     t = time.perf_counter()
     fwd = jax.jit(f).lower(x, w, b).compile()
     bwd = jax.jit(both).lower(x, w, b, gy).compile()
-    return _timer(fwd, x, w, b), _timer(bwd, x, w, b, gy), time.perf_counter() - t
+    return fwd, bwd, time.perf_counter() - t
+
+
+def _jax_pair(f: Callable, x, w, b, gy) -> tuple[Callable, Callable, float]:
+    """Timers of the jitted forward and forward+backward of ``f(x, w, b)``, compile seconds."""
+    fwd, bwd, seconds = compile_pair(f, x, w, b, gy)
+    return _timer(fwd, x, w, b), _timer(bwd, x, w, b, gy), seconds
+
+
+def interleaved(timers: dict, repeat: int) -> dict:
+    """Median milliseconds per implementation and mode, from ``repeat`` shuffled rounds
+    after a warm-up (a call right after a large one runs slower, so the order changes)."""
+    for fwd, both in timers.values():  # warm-up
+        fwd(), both()
+    samples = {name: ([], []) for name in timers}
+    calls = [(name, mode) for name in timers for mode in (0, 1)]
+    order = np.random.default_rng(0)
+    for _ in range(repeat):
+        for i in order.permutation(len(calls)):
+            name, mode = calls[i]
+            samples[name][mode].append(timers[name][mode]())
+    return {
+        name: {"forward": 1e3 * float(np.median(f)), "forward_backward": 1e3 * float(np.median(b))}
+        for name, (f, b) in samples.items()
+    }
 
 
 def _torch_pair(case: Case, x, w, b, gy, dtype: str):
@@ -209,21 +233,9 @@ def run_case(case: Case, repeat: int, dtype: str, algorithm: str, progress=None)
     y_lax = np.asarray(jax.jit(plain_lax(case))(x, w, b), np.float32)
     err = float(np.max(np.abs(y_ours - y_lax)) / max(np.max(np.abs(y_lax)), 1e-30))
 
-    for fwd, both in timers.values():  # warm-up
-        fwd(), both()
-    samples = {name: ([], []) for name in timers}
-    calls = [(name, mode) for name in timers for mode in (0, 1)]
-    order = np.random.default_rng(0)
-    for _ in range(repeat):  # interleaved rounds, each in a fresh order: a call
-        for i in order.permutation(len(calls)):  # right after a large one runs slower
-            name, mode = calls[i]
-            samples[name][mode].append(timers[name][mode]())
+    ms = interleaved(timers, repeat)
     if progress:
         progress.step(case.name)
-    ms = {
-        name: {"forward": 1e3 * float(np.median(f)), "forward_backward": 1e3 * float(np.median(b))}
-        for name, (f, b) in samples.items()
-    }
     flops = jconv.flops(cfg, x.shape)
     return {
         "case": dataclasses.asdict(case),
@@ -232,6 +244,15 @@ def run_case(case: Case, repeat: int, dtype: str, algorithm: str, progress=None)
         "ms": ms,
         "compile_s": compile_s,
         "max_rel_diff_vs_lax": err,
+    }
+
+
+def environment() -> dict:
+    """What a report was measured on."""
+    return {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
     }
 
 
@@ -388,9 +409,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device": jax.devices()[0].device_kind,
+        **environment(),
         "dtype": args.dtype,
         "repeat": args.repeat,
         "matmul_peak_gflops": peak,

@@ -16,14 +16,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jconv.bench import Case, Progress, _timer, _torch_pair, geomean
+from jconv.bench import (
+    Case,
+    Progress,
+    _timer,
+    _torch_pair,
+    compile_pair,
+    environment,
+    geomean,
+    interleaved,
+)
 
 
 def _family(prefix: str, specs) -> list[Case]:
@@ -219,16 +227,8 @@ def _memory(compiled) -> int:
 
 
 def _compiled(f, x, w, b, gy):
-    """Compiled forward and forward+backward of ``f(x, w, b)``: timers, temp bytes, seconds."""
-
-    def both(x, w, b, gy):
-        y, vjp = jax.vjp(f, x, w, b)
-        return y, vjp(gy)
-
-    t = time.perf_counter()
-    fwd = jax.jit(f).lower(x, w, b).compile()
-    fb = jax.jit(both).lower(x, w, b, gy).compile()
-    seconds = time.perf_counter() - t
+    """Timers of ``f(x, w, b)``'s forward and forward+backward, their temp bytes, seconds."""
+    fwd, fb, seconds = compile_pair(f, x, w, b, gy)
     timers = (_timer(fwd, x, w, b), _timer(fb, x, w, b, gy))
     return timers, {"forward": _memory(fwd), "forward_backward": _memory(fb)}, seconds
 
@@ -254,19 +254,7 @@ def run_grid_case(case: Case, dtype: str, repeat: int) -> dict:
     torch_pair = _torch_pair(case, x, w, b, gy, dtype)
     if torch_pair is not None:
         timers["torch"] = torch_pair
-    for fwd, both in timers.values():
-        fwd(), both()
-    samples = {name: ([], []) for name in timers}
-    calls = [(name, mode) for name in timers for mode in (0, 1)]
-    order = np.random.default_rng(0)
-    for _ in range(repeat):
-        for i in order.permutation(len(calls)):
-            name, mode = calls[i]
-            samples[name][mode].append(timers[name][mode]())
-    ms = {
-        name: {"forward": 1e3 * float(np.median(f)), "forward_backward": 1e3 * float(np.median(b))}
-        for name, (f, b) in samples.items()
-    }
+    ms = interleaved(timers, repeat)
     modes = ("forward", "forward_backward")
     return {
         "case": dataclasses.asdict(case),
@@ -362,9 +350,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device": jax.devices()[0].device_kind,
+        **environment(),
         "repeat": args.repeat,
         "summary": summary,
         "rows": rows,
