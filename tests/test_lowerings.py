@@ -125,8 +125,13 @@ def test_fft_matches_a_direct_sum_on_a_31x31_depthwise_kernel():
     [
         (jconv.Conv2d(64, 64, 3, padding=1), "widened"),
         (jconv.Conv2d(64, 64, 3, padding=2, dilation=2), "widened"),
-        (jconv.Conv2d(16, 16, 3, padding=1), "tapgrad"),
-        (jconv.Conv2d(64, 64, 3, stride=2, padding=1), "tapgrad"),
+        (jconv.Conv2d(16, 16, 3, padding=1), "xla"),
+        (jconv.Conv2d(64, 64, 3, stride=2, padding=1), "xla"),
+        (jconv.Conv2d(1, 32, 3, padding=1), "xla"),
+        (jconv.Conv2d(128, 128, 3, padding=4, dilation=4), "xla"),
+        (jconv.Conv2d(2048, 512, 1), "xla"),
+        (jconv.Conv3d(64, 64, 3, padding=1, groups=4), "xla"),
+        (jconv.ConvTranspose2d(64, 64, 4, stride=2, padding=1, groups=4), "xla"),
         (jconv.Conv2d(3, 64, 7, stride=2, padding=3), "s2d"),
         (jconv.Conv2d(3, 32, 5, stride=2, padding=2), "s2d"),
         (jconv.Conv2d(1, 32, 4, stride=2, padding=1), "xla"),
@@ -148,7 +153,7 @@ def test_fft_matches_a_direct_sum_on_a_31x31_depthwise_kernel():
     ],
 )
 def test_planner_picks_by_layer_family_on_cpu_and_xla_elsewhere(cfg, want):
-    shape = (1, cfg.in_channels) + (8,) * cfg.ndim
+    shape = (16, cfg.in_channels) + (8,) * cfg.ndim
     assert plan(cfg, shape, jnp.float32, "cpu") == want
     for backend in ("gpu", "tpu"):
         assert plan(cfg, shape, jnp.float32, backend) == "xla"
@@ -310,3 +315,16 @@ def test_widened_weight_gradient_blocks_and_their_limit(batch, cout):
         p = jconv.init(jax.random.key(1), c)
         grads.append(jax.grad(lambda p: jnp.sum(jnp.sin(jconv.apply(p, x))))(p).weight)
     chex.assert_trees_all_close(grads[0], grads[1], atol=2e-5 * float(jnp.abs(grads[1]).max()))
+
+
+def test_planner_keeps_small_batches_and_broadcast_heavy_1x1_on_xla():
+    """Grid findings: widened's and s2d's blocked weight gradients lose at small batches;
+    matmul's batch-broadcast weight loses when it outweighs the input."""
+    dense, stem = jconv.Conv2d(64, 64, 3, padding=1), jconv.Conv2d(3, 64, 7, stride=2, padding=3)
+    assert plan(dense, (32, 64, 56, 56), jnp.float32, "cpu") == "widened"
+    assert plan(dense, (8, 64, 56, 56), jnp.float32, "cpu") == "xla"
+    assert plan(stem, (16, 3, 224, 224), jnp.float32, "cpu") == "s2d"
+    assert plan(stem, (1, 3, 224, 224), jnp.float32, "cpu") == "xla"
+    wide = jconv.Conv2d(2048, 512, 1)
+    assert plan(wide, (64, 2048, 7, 7), jnp.float32, "cpu") == "xla"
+    assert plan(wide, (2, 2048, 56, 56), jnp.float32, "cpu") == "matmul"

@@ -42,25 +42,29 @@ def plan(
     is XLA's but whose weight gradient is not gathered. On CPU, by layer family
     (see ``python -m jconv bench``):
 
-    * transposed, strided: ``"subpixel"``;
-    * 1×1 kernels: ``"matmul"``;
+    * transposed, strided, ungrouped: ``"subpixel"`` (grouped: xla, 0.78x);
+    * 1×1 kernels: ``"matmul"``, unless its weight broadcast over the batch
+      outweighs four inputs;
     * depthwise (one input channel per group): ``"shift"`` below 25 taps;
       2-d from 5×5 on, ``"fft"`` (measured on 8×96×32² 7×7: forward+backward
       38 ms against shift's 225 ms and xla's 437 ms, temporary memory 1.7× xla's
       against shift's 13×); split inputs and other ranks keep ``"shift"`` up to
       49 taps, then ``"fft"`` (``"xla"`` when split);
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
-      ``"pergroup"`` beyond;
+      ``"pergroup"`` beyond in 1-d and 2-d (3-d: xla; pergroup 0.70x, 4.9x memory);
     * dense 3-d: ``"fold"`` (``"xla"`` when split in space);
-    * dense 2-d float32 with more than 16 channels in or out and a stride-1
-      dimension to widen, on one device: ``"widened"``;
+    * dense 2-d float32 with more than 16 channels in or out, at least 8 in
+      both, dilation at most 2, a stride-1 dimension to widen and a batch of 16
+      or more, on one device: ``"widened"`` (its weight gradient runs over
+      blocks of the batch: at batch 1 to 8 the grid measured 0.10-0.71x xla's
+      forward+backward and up to 15x its memory; at 32, 1.22x);
     * dense 2-d float32 stems, strided in every dimension, with at most 4 input
-      channels and a kernel of at least 3 stride blocks per dimension, on one
-      device: ``"s2d"`` (whose stride-1 conv is widened);
-    * other dense 2-d with ≥ 16 input channels and ≤ 9 taps: ``"tapgrad"``;
-    * everything else: ``"xla"``.
+      channels and a kernel of at least 3 stride blocks per dimension, batch of
+      8 or more, on one device: ``"s2d"`` (whose stride-1 conv is widened; at
+      batch 1 its weight gradient was 10x slower than xla's);
+    * everything else: ``"xla"`` (``"tapgrad"`` left the default rules: on the
+      grid's strided 3x3 layers it won on two, lost on two, with 2.1x memory).
     """
-    del x_shape
     if cfg.algorithm != "auto":
         return cfg.algorithm
     batch_split, space_split = splits(devices, sharded)
@@ -72,28 +76,36 @@ def plan(
     if cfg.transposed:
         if grouped and split:
             return "pergroup"
-        if strided and (backend == "cpu" or space_split):
+        if strided and (space_split or (backend == "cpu" and cfg.groups == 1)):
             return "subpixel"
         return "xla"
     if backend != "cpu":
         return "pergroup" if grouped and split else "xla"
     if taps == 1:
-        return "matmul"
+        return "xla" if _broadcast_weight_dominates(cfg, x_shape) else "matmul"
     if cfg.groups > 1:
         if per_group == 1:
             if taps < 25 or (split and taps <= 49) or (cfg.ndim != 2 and taps <= 49):
                 return "shift"
             return "xla" if split else "fft"
-        return "shift" if per_group * taps <= 64 else "pergroup"
+        if per_group * taps <= 64:
+            return "shift"
+        return "pergroup" if cfg.ndim <= 2 or split else "xla"
     if cfg.ndim == 3:
         return "xla" if space_split else "fold"
-    if cfg.ndim == 2 and not split and _widens(cfg, dtype):
+    if cfg.ndim == 2 and not split and _widens(cfg, dtype) and x_shape[0] >= 16:
         return "widened"
-    if cfg.ndim == 2 and not split and _stem(cfg, dtype):
+    if cfg.ndim == 2 and not split and _stem(cfg, dtype) and x_shape[0] >= 8:
         return "s2d"
-    if cfg.ndim == 2 and per_group >= 16 and taps <= 9:
-        return "tapgrad"
     return "xla"
+
+
+def _broadcast_weight_dominates(cfg: Any, x_shape: tuple[int, ...]) -> bool:
+    """Whether ``"matmul"``'s weight, broadcast over the batch, outweighs 4 inputs: then
+    it costs more memory and time than XLA's own 1x1 conv (64x2048x7² -> 512: 3x slower,
+    8.6x the temporary memory)."""
+    weight = cfg.in_channels * cfg.out_channels // cfg.groups
+    return x_shape[0] * weight > 4 * math.prod(x_shape)
 
 
 def _stem(cfg: Any, dtype: Any) -> bool:
@@ -112,7 +124,12 @@ def _stem(cfg: Any, dtype: Any) -> bool:
 
 def _widens(cfg: Any, dtype: Any) -> bool:
     """Whether ``"widened"`` keeps this 2-d conv off XLA's YNNPACK path (see its module)."""
-    wide = max(cfg.in_channels, cfg.out_channels) > FEATURES
+    wide = (
+        max(cfg.in_channels, cfg.out_channels) > FEATURES
+        and min(cfg.in_channels, cfg.out_channels) >= 8
+    )  # 1 -> 32 on 8x128²: forward+backward 0.35x xla's
+    if max(cfg.dilation) > 2:  # 3x3 dilation 4 on 8x128x28²: 0.59x
+        return False
     strided = [
         s > 1 or d * (k - 1) == 0 for k, s, d in zip(cfg.kernel_size, cfg.stride, cfg.dilation)
     ]
