@@ -5,6 +5,7 @@
 >>> y = jconv.apply(params, x)                    # x (N, 1, H, W) -> (N, 1, H', W')
 """
 
+from jconv import export as _export  # noqa: F401  (registers Params for jax.export)
 from jconv import functional
 from jconv.checkpoint import load, save
 from jconv.config import (

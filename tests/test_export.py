@@ -1,0 +1,90 @@
+"""jax.export of jconv layers and models: serialize, deserialize, call, and gradients."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jconv
+from jconv.export import config_from_json, config_to_json
+
+pytest.importorskip("flatbuffers")  # jax.export's serializer needs it (a test extra)
+
+CONFIGS = [
+    jconv.Conv1d(3, 4, 5, stride=2, padding="valid", dilation=2, padding_mode="zeros"),
+    jconv.Conv1d(2, 2, 3, padding="causal", bias=False),
+    jconv.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=((1, 0), (2, 1)), groups=2),
+    jconv.Conv2d(3, 3, 3, padding="same", groups=3, padding_mode="reflect"),
+    jconv.Conv2d(2, 4, 3, dtype=jnp.bfloat16, preferred_element_type=jnp.float32),
+    jconv.Conv2d(2, 4, 3, precision=("highest", "default"), compute_dtype=jnp.bfloat16),
+    jconv.Conv3d(2, 2, 3, padding=1, algorithm="fold"),
+    jconv.ConvTranspose1d(4, 2, 8, stride=4, padding=2),
+    jconv.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+    jconv.ConvTranspose3d(2, 2, 2, stride=2, algorithm="xla"),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: repr(c)[:50])
+def test_every_config_round_trips_through_its_json(cfg):
+    again = config_from_json(config_to_json(cfg))
+    assert again == cfg and type(again) is type(cfg) and again.pads == cfg.pads
+
+
+def _export(fn, *args, vjp_order=0):
+    exp = jax.export.export(jax.jit(fn))(*args)
+    return jax.export.deserialize(exp.serialize(vjp_order=vjp_order))
+
+
+def _close(got, want):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        scale = float(jnp.abs(b).max()) or 1.0
+        chex.assert_trees_all_close(a, b, atol=1e-5 * scale, rtol=1e-5)
+
+
+def test_one_layer_exports_with_its_gradients():
+    cfg = jconv.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)
+    params = jconv.init(jax.random.key(0), cfg)
+    x = jax.random.normal(jax.random.key(1), (2, 4, 5, 5))
+    back = _export(jconv.apply, params, x, vjp_order=1)
+    _close(back.call(params, x), jconv.apply(params, x))
+
+    def loss(call):
+        return lambda p, x: jnp.sum(jnp.sin(call(p, x)))
+
+    _close(
+        jax.grad(loss(back.call), (0, 1))(params, x), jax.grad(loss(jconv.apply), (0, 1))(params, x)
+    )
+
+
+def test_a_whole_model_of_lists_and_dicts_exports():
+    cfgs = {
+        "stem": jconv.Conv2d(3, 8, 3, stride=2, padding=1),
+        "blocks": [jconv.Conv2d(8, 8, 3, padding=1, groups=8), jconv.Conv2d(8, 16, 1)],
+        "up": jconv.ConvTranspose2d(16, 4, 4, stride=2, padding=1),
+    }
+    keys = iter(jax.random.split(jax.random.key(0), 4))
+    params = jax.tree.map(lambda c: jconv.init(next(keys), c), cfgs)
+
+    def net(p, x):
+        h = jax.nn.relu(jconv.apply(p["stem"], x))
+        for layer in p["blocks"]:
+            h = jax.nn.relu(jconv.apply(layer, h))
+        return jconv.apply(p["up"], h)
+
+    x = jax.random.normal(jax.random.key(1), (2, 3, 16, 16))
+    back = _export(net, params, x, vjp_order=1)
+    assert back.in_tree == jax.tree.structure(((params, x), {}))  # configs restored equal
+    _close(back.call(params, x), net(params, x))
+    grads = jax.grad(lambda p: jnp.sum(back.call(p, x) ** 2))(params)
+    _close(grads, jax.grad(lambda p: jnp.sum(net(p, x) ** 2))(params))
+    assert set(jconv.state_dict(grads)) == set(jconv.state_dict(params))
+
+
+def test_a_custom_initializer_is_refused_by_name():
+    cfg = jconv.Conv2d(2, 2, 3, weight_init=jax.nn.initializers.zeros)
+    params = jconv.init(jax.random.key(0), cfg)
+    exp = jax.export.export(jax.jit(jconv.apply))(params, jnp.ones((1, 2, 5, 5)))
+    with pytest.raises(ValueError, match="custom weight_init=.*weight_init=None"):
+        exp.serialize()
