@@ -49,3 +49,12 @@ def check_algorithm(algorithm: object, transposed: bool, kernel_size: tuple[int,
             f"algorithm='matmul' needs a 1x1 kernel, got kernel_size={kernel_size}; use "
             "algorithm='auto' or 'xla'"
         )
+
+
+def fits(algorithm: str, transposed: bool, kernel_size) -> bool:
+    """Whether :func:`check_algorithm` accepts ``algorithm`` for such a config."""
+    try:
+        check_algorithm(algorithm, transposed, tuple(kernel_size))
+    except ValueError:
+        return False
+    return True

@@ -32,6 +32,7 @@ from jconv.bench import (
     geomean,
     interleaved,
 )
+from jconv.lowering.tune import temp_bytes
 
 
 def _family(prefix: str, specs) -> list[Case]:
@@ -221,16 +222,11 @@ GRID_BF16 = tuple(
 GRID = tuple((c, "float32") for c in GRID_F32) + tuple((c, "bfloat16") for c in GRID_BF16)
 
 
-def _memory(compiled) -> int:
-    analysis = compiled.memory_analysis()
-    return int(getattr(analysis, "temp_size_in_bytes", 0) or 0) if analysis is not None else 0
-
-
 def _compiled(f, x, w, b, gy):
     """Timers of ``f(x, w, b)``'s forward and forward+backward, their temp bytes, seconds."""
     fwd, fb, seconds = compile_pair(f, x, w, b, gy)
     timers = (_timer(fwd, x, w, b), _timer(fb, x, w, b, gy))
-    return timers, {"forward": _memory(fwd), "forward_backward": _memory(fb)}, seconds
+    return timers, {"forward": temp_bytes(fwd), "forward_backward": temp_bytes(fb)}, seconds
 
 
 def run_grid_case(case: Case, dtype: str, repeat: int) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from jconv.lowering import ALGORITHMS, check_algorithm
+from jconv.algorithms import ALGORITHMS, fits
 
 
 def _ints(draw, n, lo, hi):
@@ -106,11 +106,3 @@ def specs(draw) -> dict:
         dtype=draw(st.sampled_from(["float32"] * 6 + ["bfloat16"] * 2 + ["bfloat16->float32"])),
         algorithm=algorithm, empty_batch=batched and draw(st.integers(0, 9)) == 0,
     )  # fmt: skip
-
-
-def fits(algorithm: str, transposed: bool, kernel) -> bool:
-    try:
-        check_algorithm(algorithm, transposed, tuple(kernel))
-    except ValueError:
-        return False
-    return True

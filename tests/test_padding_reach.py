@@ -21,10 +21,9 @@ import numpy as np
 import pytest
 import reference
 from conftest import SLOW, tiered
-from fuzz_space import fits
 
 import jconv
-from jconv.lowering import ALGORITHMS
+from jconv.algorithms import ALGORITHMS, fits
 
 # (ndim, in, out, kernel, padding pairs, stride, dilation, spatial); padded past the
 # reach on the low side and not on the high side: the input gradient's trigger

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from jconv.algorithms import ALGORITHMS, check_algorithm
+from jconv.algorithms import ALGORITHMS, fits
 
 FORMAT, VERSION = "jconv-autotune", 1
 MODES = ("train", "forward")
@@ -80,13 +80,15 @@ _report: list[dict] = []  # what this process tuned, with the cost
 _lock = threading.Lock()
 
 
-def _check(mode: str, memory_cap: float, repeat: int) -> None:
+def _checked(enabled, mode: str, cache, memory_cap: float, repeat: int) -> Settings:
+    """Settings from the arguments of :func:`set_autotune` / :func:`autotune`, checked."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got mode={mode!r}")
     if not (isinstance(memory_cap, (int, float)) and memory_cap >= 1):
         raise ValueError(f"memory_cap must be a number >= 1, got memory_cap={memory_cap!r}")
     if not (isinstance(repeat, int) and repeat >= 1):
         raise ValueError(f"repeat must be a positive int, got repeat={repeat!r}")
+    return Settings(bool(enabled), mode, cache, float(memory_cap), repeat)
 
 
 def set_autotune(
@@ -99,8 +101,7 @@ def set_autotune(
 ) -> None:
     """Switches autotuning on or off for the whole process (see the module doc)."""
     global _settings
-    _check(mode, memory_cap, repeat)
-    _settings = Settings(bool(enabled), mode, cache, float(memory_cap), repeat)
+    _settings = _checked(enabled, mode, cache, memory_cap, repeat)
 
 
 @contextlib.contextmanager
@@ -113,9 +114,9 @@ def autotune(
     repeat: int = 5,
 ):
     """``with jconv.autotune():`` tunes the calls traced inside the block."""
-    _check(mode, memory_cap, repeat)
+    new = _checked(enabled, mode, cache, memory_cap, repeat)
     before = getattr(_local, "settings", None)
-    _local.settings = Settings(bool(enabled), mode, cache, float(memory_cap), repeat)
+    _local.settings = new
     try:
         yield
     finally:
@@ -165,15 +166,11 @@ def candidates(cfg: Any) -> list[str]:
         "fold": cfg.ndim == 3,
         "widened": cfg.groups == 1 and jax.default_backend() == "cpu",
     }
-    out = []
-    for name in ALGORITHMS[1:]:
-        try:
-            check_algorithm(name, cfg.transposed, cfg.kernel_size)
-        except ValueError:
-            continue
-        if plausible.get(name, False):
-            out.append(name)
-    return out
+    return [
+        name
+        for name in ALGORITHMS[1:]
+        if plausible.get(name, False) and fits(name, cfg.transposed, cfg.kernel_size)
+    ]
 
 
 # ------------------------------------------------------------------ keys and the file
@@ -286,12 +283,17 @@ def _program(cfg: Any, x_shape, x_dtype, w_dtype, mode: str, forward):
     return jax.jit(train), (w, b, x)
 
 
+def temp_bytes(compiled) -> int:
+    """A compiled program's temporary memory (0 where the backend does not say)."""
+    analysis = compiled.memory_analysis()
+    return int(getattr(analysis, "temp_size_in_bytes", 0) or 0) if analysis is not None else 0
+
+
 def measure(cfg: Any, x_shape, x_dtype, w_dtype, mode: str, repeat: int, forward) -> dict:
     """Milliseconds (median) and compiled temporary bytes of ``cfg``'s forced lowering."""
     fn, args = _program(cfg, x_shape, x_dtype, w_dtype, mode, forward)
     compiled = fn.lower(*args).compile()
-    memory = compiled.memory_analysis()
-    temp = int(getattr(memory, "temp_size_in_bytes", 0) or 0) if memory is not None else 0
+    temp = temp_bytes(compiled)
     jax.block_until_ready(compiled(*args))
     times, budget = [], time.perf_counter() + 2.0
     while len(times) < repeat and (len(times) < 2 or time.perf_counter() < budget):
