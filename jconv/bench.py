@@ -382,6 +382,16 @@ def add_arguments(parser) -> None:
         help="the wide grid (jconv.grid): auto against xla and torch, time and memory; "
         "--cases then takes name prefixes (dense3x3, depthwise, ...); writes grid.json/.png",
     )
+    parser.add_argument(
+        "--models",
+        action="store_true",
+        help="whole training steps of six architectures (jconv.models) against torch, "
+        "flax-style NHWC lax and plain lax; --cases then takes model names "
+        "(resnet, resnet:bfloat16, ...); writes models.json",
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="--models: input size factor (e.g. 0.5)"
+    )
 
 
 def run(args) -> int:

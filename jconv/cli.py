@@ -38,6 +38,10 @@ def _shape(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.models:
+        from jconv import models
+
+        return models.run(args)
     if args.grid:
         from jconv import grid
 
