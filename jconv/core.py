@@ -78,11 +78,8 @@ def forward(cfg, weight, bias, x, output_size=None):
     dtype = cfg.compute_dtype or jnp.result_type(x.dtype, weight.dtype)
     given = (x.shape, x.dtype, jnp.result_type(weight))
     x, w = x.astype(dtype), jnp.asarray(weight).astype(dtype)
-    widen = bias is not None and cfg.preferred_element_type is None and _narrow(dtype)
+    wide_sums = bias is not None and cfg.preferred_element_type is None and _narrow(dtype)
     place = placement(x)
-    name = lowering.plan(cfg, x.shape, dtype, jax.default_backend(), place.devices, place.sharded)
-    if cfg.algorithm == "auto" and place.devices == 1:  # opt-in: lowering/tune.py
-        name = tune.choose(cfg, *given, forward) or name
     spec = lowering.ConvSpec(
         transposed=cfg.transposed,
         stride=cfg.stride,
@@ -92,11 +89,9 @@ def forward(cfg, weight, bias, x, output_size=None):
         output_padding=out_pad,
         precision=cfg.precision,
         preferred_element_type=cfg.preferred_element_type,
-        widen=jax.default_backend() == "cpu"
-        and not any(lowering.splits(place.devices, place.sharded)),
     )
 
-    def lowered(spec):
+    def lowered(name, spec):
         def conv(x, w):
             if cfg.padding_mode != "zeros":
                 x = _padding.apply_mode(x, cfg.pads, cfg.padding_mode)
@@ -108,16 +103,53 @@ def forward(cfg, weight, bias, x, output_size=None):
         out = output_spec(place.sharding, (x.shape[0], *out_shape[-cfg.ndim - 1 :]))
         return jax.sharding.auto_axes(conv, axes=place.explicit, out_sharding=out)
 
-    if widen:
-        wide = spec._replace(preferred_element_type=jnp.dtype(jnp.float32))
-        y = _widened(lowered(spec), lowered(wide))(x, w)
-    else:
-        y = lowered(spec)(x, w)
+    def branch(name, widen):
+        narrow = lowered(name, spec._replace(widen=widen))
+        if not wide_sums:
+            return narrow
+        wide = spec._replace(widen=widen, preferred_element_type=jnp.dtype(jnp.float32))
+        return _widened(narrow, lowered(name, wide))
+
+    plans = platform_plans(cfg, given, dtype, place)
+    branches = {key: branch(*key) for key in dict.fromkeys(plans.values())}
+    if len(branches) == 1:
+        (y_of,) = branches.values()
+        y = y_of(x, w)
+    else:  # chosen when the program is lowered, for the platform it is lowered for
+        default = plans.pop("default")
+        per_platform = {p: branches[key] for p, key in plans.items() if key != default}
+        y = jax.lax.platform_dependent(x, w, default=branches[default], **per_platform)
     if bias is not None:
         y = y + jnp.asarray(bias).astype(y.dtype).reshape((-1,) + (1,) * cfg.ndim)
-    if widen:
+    if wide_sums:
         y = y.astype(dtype)
     return y if batched else y[0]
+
+
+# platforms that ``jax.lax.platform_dependent`` names, and how the planner calls them
+PLATFORMS = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu", "default": "other"}
+
+
+def platform_plans(cfg, given, dtype, place) -> dict[str, tuple[str, bool]]:
+    """(lowering, widen) per platform, for the batched input ``given`` = (shape, dtype, wdtype).
+
+    Every platform gets its own plan, and the program picks its own when it is
+    lowered (``jax.lax.platform_dependent``): a ``jit`` on another backend's
+    device, or ``jax.export`` for several platforms, runs each platform's plan.
+    The autotuner, when on, times the default backend's platform only.
+    """
+    shape, local = given[0], jax.default_backend()
+    unsplit = not any(lowering.splits(place.devices, place.sharded))
+    tuned = None
+    if cfg.algorithm == "auto" and place.devices == 1:  # opt-in: lowering/tune.py
+        tuned = tune.choose(cfg, *given, forward)
+    out = {}
+    for platform, backend in PLATFORMS.items():
+        name = lowering.plan(cfg, shape, dtype, backend, place.devices, place.sharded)
+        if tuned and backend == local:
+            name = tuned
+        out[platform] = (name, backend == "cpu" and unsplit)
+    return out
 
 
 def _widened(narrow, wide):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -88,3 +90,87 @@ def test_a_custom_initializer_is_refused_by_name():
     exp = jax.export.export(jax.jit(jconv.apply))(params, jnp.ones((1, 2, 5, 5)))
     with pytest.raises(ValueError, match="custom weight_init=.*weight_init=None"):
         exp.serialize()
+
+
+# ---------------------------------------------------------------------------
+# a plan per platform, chosen when the program is lowered
+
+# layers whose CPU plan is not plain XLA: depthwise (shift, fft), 1x1 (matmul),
+# dense 3-d (fold), strided transposed (subpixel), a float32 batch-16 3x3 (widened)
+PLATFORM_CASES = [
+    (jconv.Conv2d(16, 16, 3, padding=1, groups=16), (2, 16, 12, 12)),
+    (jconv.Conv2d(16, 16, 7, padding=3, groups=16), (2, 16, 12, 12)),
+    (jconv.Conv2d(16, 32, 1), (2, 16, 8, 8)),
+    (jconv.Conv3d(4, 8, 3, padding=1), (1, 4, 6, 6, 6)),
+    (jconv.ConvTranspose1d(8, 4, 8, stride=4, padding=2), (2, 8, 16)),
+    (jconv.Conv2d(24, 24, 3, padding=1), (16, 24, 8, 8)),
+]
+PLATFORM_IDS = ["depthwise3", "depthwise7", "pointwise", "conv3d", "transposed1d", "widened"]
+
+
+def _ops(fn, args, platforms) -> dict[str, int]:
+    """How many of each stablehlo op the export of ``fn`` for ``platforms`` holds."""
+    import collections
+    import re
+
+    text = jax.export.export(jax.jit(fn), platforms=platforms)(*args).mlir_module()
+    return collections.Counter(re.findall(r"stablehlo\.(\w+)", text))
+
+
+def _xla(params):
+    return jconv.Params(
+        params.weight, params.bias, dataclasses.replace(params.cfg, algorithm="xla")
+    )
+
+
+@pytest.mark.parametrize("cfg,shape", PLATFORM_CASES, ids=PLATFORM_IDS)
+def test_accelerator_exports_hold_xlas_convolution(cfg, shape):
+    params = jconv.init(jax.random.key(0), cfg)
+    x = jnp.ones(shape)
+    cpu = _ops(jconv.apply, (params, x), ("cpu",))
+    for platform in ("cuda", "tpu"):
+        auto = _ops(jconv.apply, (params, x), (platform,))
+        forced = _ops(jconv.apply, (_xla(params), x), (platform,))
+        assert auto["convolution"] == 1, (platform, auto)
+        assert auto == forced, platform
+        assert cpu != auto  # the CPU program is another one
+
+
+@pytest.mark.parametrize("cfg,shape", PLATFORM_CASES, ids=PLATFORM_IDS)
+def test_a_cpu_export_holds_the_cpu_plan(cfg, shape):
+    from jconv.lowering import plan
+
+    params = jconv.init(jax.random.key(0), cfg)
+    x = jnp.ones(shape)
+    name = plan(cfg, shape, jnp.float32, "cpu")
+    assert name != "xla"
+    planned = jconv.Params(params.weight, params.bias, dataclasses.replace(cfg, algorithm=name))
+    got = _ops(jconv.apply, (params, x), ("cpu",))
+    want = _ops(jconv.apply, (planned, x), ("cpu",))
+    assert got == want
+
+
+def test_one_export_for_three_platforms_carries_each_plan_and_runs_here():
+    cfg = jconv.Conv2d(16, 16, 7, padding=3, groups=16)  # fft on CPU, xla elsewhere
+    params = jconv.init(jax.random.key(0), cfg)
+    x = jax.random.normal(jax.random.key(1), (2, 16, 12, 12))
+    ops = _ops(jconv.apply, (params, x), ("cpu", "cuda", "tpu"))
+    assert ops["fft"] >= 1 and ops["convolution"] >= 1 and ops["case"] >= 1
+    exp = jax.export.export(jax.jit(jconv.apply), platforms=("cpu", "cuda", "tpu"))(params, x)
+    assert exp.platforms == ("cpu", "cuda", "tpu")
+    back = jax.export.deserialize(exp.serialize(vjp_order=1))
+    _close(back.call(params, x), jconv.apply(params, x))
+    grads = jax.grad(lambda p, x: jnp.sum(back.call(p, x) ** 2), (0, 1))(params, x)
+    _close(grads, jax.grad(lambda p, x: jnp.sum(jconv.apply(p, x) ** 2), (0, 1))(params, x))
+
+
+def test_a_jit_on_this_backend_compiles_no_conditional():
+    cfg = jconv.Conv2d(16, 16, 3, padding=1, groups=16)
+    params = jconv.init(jax.random.key(0), cfg)
+    x = jnp.ones((2, 16, 12, 12))
+    f = jax.jit(jax.grad(lambda p, x: jnp.sum(jconv.apply(p, x) ** 2)))
+    import re
+
+    text = f.lower(params, x).compile().as_text()
+    assert re.search(r"= \S+ (convolution|fusion|multiply)\(", text)  # the pattern reads ops
+    assert not re.search(r"= \S+ conditional\(", text)
