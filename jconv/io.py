@@ -20,7 +20,40 @@ from jconv.config import CONFIG_TYPES
 from jconv.layer import Params
 
 
-def _key_name(entry) -> str:
+class Adapter:
+    """How :func:`state_dict` and :func:`load_state_dict` see a framework's module trees.
+
+    ``jconv.nnx``, ``jconv.linen`` and ``jconv.eqx`` each register one when imported
+    (this module never imports a framework). ``owns(tree)`` says whether the tree is
+    the framework's; ``layers(tree)`` lists ``(torch_name, Params)`` for its jconv
+    layers, named as torch names the same model (``"features.0"``); ``rebuild(tree,
+    params)`` returns a copy of the tree holding the given ``{torch_name: Params}``.
+    """
+
+    def owns(self, tree: Any) -> bool:
+        raise NotImplementedError
+
+    def layers(self, tree: Any) -> list[tuple[str, Params]]:
+        raise NotImplementedError
+
+    def rebuild(self, tree: Any, params: dict[str, Params]) -> Any:
+        raise NotImplementedError
+
+
+ADAPTERS: list[Adapter] = []
+_FLAT = "\x00adapted"  # the root key under which an adapter's flat names are loaded
+
+
+def _adapter(tree: Any) -> Adapter | None:
+    return next((a for a in ADAPTERS if a.owns(tree)), None)
+
+
+def torch_name(parts) -> str:
+    """Dotted torch name of a path of attribute names, list indices and dict keys."""
+    return ".".join(str(p) for p in parts)
+
+
+def key_name(entry) -> str:
     for attr in ("key", "idx", "name"):
         if hasattr(entry, attr):
             return str(getattr(entry, attr))
@@ -28,7 +61,7 @@ def _key_name(entry) -> str:
 
 
 def _prefix(path) -> str:
-    return "".join(_key_name(p) + "." for p in path)
+    return "".join(key_name(p) + "." for p in path)
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -48,7 +81,7 @@ def _layers(cfg_tree) -> list[tuple[str, Any]]:
                 f"cfg_tree must be a config or a nested dict/list/tuple of configs; found "
                 f"{type(leaf).__name__} at {_prefix(path)[:-1] or 'the root'!r}"
             )
-        out.append((_prefix(path), leaf))
+        out.append((_prefix(path).removeprefix(_FLAT + "."), leaf))
     return out
 
 
@@ -128,6 +161,11 @@ def load_state_dict(cfg_tree: Any, state_dict: Mapping[str, Any], strict: bool =
         raise TypeError(
             f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}"
         )
+    adapter = _adapter(cfg_tree)
+    if adapter is not None:  # a Flax or Equinox module tree: a copy holding the weights
+        named = {name: p.cfg for name, p in adapter.layers(cfg_tree)}
+        loaded = load_state_dict({_FLAT: named}, state_dict, strict)[_FLAT]
+        return adapter.rebuild(cfg_tree, loaded)
     layers = _layers(cfg_tree)
     missing, mismatched, built = [], [], []
     expected = set()
@@ -171,7 +209,14 @@ def load_state_dict(cfg_tree: Any, state_dict: Mapping[str, Any], strict: bool =
 
 
 def state_dict(tree: Any) -> dict[str, np.ndarray]:
-    """A flat ``{"0.weight": ndarray, ...}`` for a tree of :class:`Params`, named as torch would."""
+    """A flat ``{"0.weight": ndarray, ...}`` for a tree of :class:`Params`, named as torch would.
+
+    Also takes a Flax NNX module, Linen variables or an Equinox module built from
+    ``jconv.nnx``, ``jconv.linen`` or ``jconv.eqx`` layers.
+    """
+    adapter = _adapter(tree)
+    if adapter is not None:
+        tree = {_FLAT: dict(adapter.layers(tree))}
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, Params))
     out: dict[str, np.ndarray] = {}
     for path, leaf in leaves:
@@ -180,7 +225,7 @@ def state_dict(tree: Any) -> dict[str, np.ndarray]:
                 f"tree must be Params or a nested dict/list/tuple of Params; found "
                 f"{type(leaf).__name__} at {_prefix(path)[:-1] or 'the root'!r}"
             )
-        prefix = _prefix(path)
+        prefix = _prefix(path).removeprefix(_FLAT + ".")
         out[prefix + "weight"] = np.asarray(leaf.weight)
         if leaf.bias is not None:
             out[prefix + "bias"] = np.asarray(leaf.bias)

@@ -75,3 +75,28 @@ def test_import_jconv_imports_no_framework():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+FRAMEWORK_MODULES = {"jconv.nnx", "jconv.linen", "jconv.eqx"}
+
+
+def test_framework_modules_are_leaves():
+    assert FRAMEWORK_MODULES <= set(GRAPH)
+    users = {name for name in GRAPH if _reach(name) & FRAMEWORK_MODULES}
+    assert not users, f"modules that import a framework module: {sorted(users)}"
+    assert "jconv.models" not in _reach("jconv"), "the model benchmark is not part of jconv"
+
+
+def test_each_framework_module_imports_only_its_framework():
+    code = (
+        "import sys, jconv.{mod}; others = [m for m in {others!r} if m in sys.modules]; "
+        "print(others); sys.exit(1 if others or {need!r} not in sys.modules else 0)"
+    )
+    for mod, need, others in (
+        ("nnx", "flax", ("equinox", "torch")),
+        ("linen", "flax", ("equinox", "torch")),
+        ("eqx", "equinox", ("flax", "torch")),
+    ):
+        run = code.format(mod=mod, need=need, others=others)
+        done = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True)
+        assert done.returncode == 0, (mod, done.stdout + done.stderr)
