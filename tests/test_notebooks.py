@@ -39,6 +39,7 @@ def test_there_are_notebooks():
     assert any(p.name.startswith("01_") for p in NOTEBOOKS)
     assert any(p.name.startswith("02_") for p in NOTEBOOKS)
     assert any(p.name.startswith("03_") for p in NOTEBOOKS)
+    assert any(p.name.startswith("04_") for p in NOTEBOOKS)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,9 @@ def test_there_are_notebooks():
     ],
 )
 def test_notebook_runs_on_a_fresh_kernel(path):
+    if path.name.startswith("04_"):  # the framework modules
+        pytest.importorskip("flax")
+        pytest.importorskip("equinox")
     if path.name.startswith("03_"):  # ports a torch model: needs the oracle
         pytest.importorskip("torch")
         pytest.importorskip("optax")
@@ -74,6 +78,14 @@ def test_notebook_runs_on_a_fresh_kernel(path):
         assert "output (16, 10)  max |jconv - torch| =" in text
         assert "same as load_state_dict: True" in text
         assert "is a torch.save checkpoint" in text and "never unpickles" in text
+    if path.name.startswith("04_"):
+        assert "features.4.weight    (32, 1, 3, 3)" in text  # torch's names, through nnx
+        assert "same start: True" in text  # the NNX weights loaded into Equinox
+        for framework in ("nnx", "equinox"):
+            acc = re.search(rf"^{framework} test accuracy: ([0-9.]+)$", text, re.MULTILINE)
+            assert acc is not None and float(acc.group(1)) >= 0.85, text[-1500:]
+        agree = re.search(r"test predictions that agree: (\d+)/(\d+)", text)
+        assert agree is not None and int(agree.group(1)) >= 0.97 * int(agree.group(2))
 
 
 if __name__ == "__main__":
