@@ -155,14 +155,16 @@ def load_state_dict(cfg_tree: Any, state_dict: Mapping[str, Any], strict: bool =
     A weight under torch's weight norm (``parametrizations.weight.original0`` /
     ``original1``, or the legacy ``weight_g`` / ``weight_v``) is folded into
     ``weight`` as torch computes it, ``g · v / ‖v‖``.
-    Returns a tree of :class:`Params` shaped like ``cfg_tree``.
+    Returns a tree of :class:`Params` shaped like ``cfg_tree``. ``cfg_tree`` may also
+    be a ``jconv.nnx`` model (loaded in place and returned), ``jconv.linen`` variables
+    or a ``jconv.eqx`` model (new ones returned).
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(
             f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}"
         )
     adapter = _adapter(cfg_tree)
-    if adapter is not None:  # a Flax or Equinox module tree: a copy holding the weights
+    if adapter is not None:  # a Flax or Equinox module tree holding the weights
         named = {name: p.cfg for name, p in adapter.layers(cfg_tree)}
         loaded = load_state_dict({_FLAT: named}, state_dict, strict)[_FLAT]
         return adapter.rebuild(cfg_tree, loaded)

@@ -9,7 +9,8 @@ is None with ``bias=False``), initialized as torch does. ``m(x)`` is
 ``jconv.state_dict(model)`` and ``jconv.load_state_dict(model, sd)`` (and
 ``save``/``load``) name the layers of a model as torch does, an
 ``nnx.Sequential``'s layers by their index: ``"0.weight"``, ``"features.3.bias"``.
-``load_state_dict`` returns a copy of the model holding the loaded weights.
+``load_state_dict`` loads into the model in place, as ``torch.nn.Module.load_state_dict``
+and ``nnx.update`` do, and returns it; nothing changes when a key is wrong.
 
 Needs ``pip install "jconv[flax]"``.
 """
@@ -94,11 +95,11 @@ class _Adapter(io.Adapter):
         return [(name, m.params) for name, m in _names(tree)]
 
     def rebuild(self, tree, params):
-        copy = nnx.clone(tree)
-        for name, m in _names(copy):
-            m.weight = nnx.Param(params[name].weight)
-            m.bias = None if params[name].bias is None else nnx.Param(params[name].bias)
-        return copy
+        for name, m in _names(tree):  # in place: every key was checked before this runs
+            m.weight[...] = params[name].weight
+            if m.bias is not None:
+                m.bias[...] = params[name].bias
+        return tree
 
 
 io.ADAPTERS.append(_Adapter())

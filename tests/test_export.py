@@ -174,3 +174,24 @@ def test_a_jit_on_this_backend_compiles_no_conditional():
     text = f.lower(params, x).compile().as_text()
     assert re.search(r"= \S+ (convolution|fusion|multiply)\(", text)  # the pattern reads ops
     assert not re.search(r"= \S+ conditional\(", text)
+
+
+@pytest.mark.parametrize("cfg,shape", PLATFORM_CASES[:3], ids=PLATFORM_IDS[:3])
+def test_a_jit_lowered_for_another_platform_gets_its_plan(cfg, shape):
+    """What a jit placed on a GPU or TPU device lowers: that platform's plan, not CPU's."""
+    params = jconv.init(jax.random.key(0), cfg)
+    traced = jax.jit(jconv.apply).trace(params, jnp.ones(shape))
+    forced = jax.jit(jconv.apply).trace(_xla(params), jnp.ones(shape))
+    for platform in ("cuda", "tpu"):
+        text = traced.lower(lowering_platforms=(platform,)).as_text()
+        want = forced.lower(lowering_platforms=(platform,)).as_text()
+        assert text.count("stablehlo.convolution") == want.count("stablehlo.convolution") == 1
+    from jconv.lowering import plan
+
+    name = plan(cfg, shape, jnp.float32, "cpu")
+    planned = jconv.Params(params.weight, params.bias, dataclasses.replace(cfg, algorithm=name))
+    cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+    want = jax.jit(jconv.apply).trace(planned, jnp.ones(shape)).lower(lowering_platforms=("cpu",))
+    assert name != "xla"
+    assert cpu.count("stablehlo.convolution") == want.as_text().count("stablehlo.convolution")
+    assert cpu.count("stablehlo.convolution") < 2

@@ -219,14 +219,16 @@ def test_state_dict_has_torchs_names_and_round_trips(framework, tmp_path):
     assert set(sd) == NAMES
     params = jconv.load_state_dict(CFGS, sd)
     chex.assert_trees_all_close(_call(framework, model, x), _reference(params, x), atol=1e-6)
-    # load another model's weights: a new tree, the old one unchanged
+    # load another model's weights: NNX in place (as torch and nnx.update), the others
+    # return a new tree and leave the old one as it was
     other = {k: v + 1 for k, v in sd.items()}
     loaded = jconv.load_state_dict(model, other)
     assert set(jconv.state_dict(loaded)) == NAMES
     for k, v in jconv.state_dict(loaded).items():
         np.testing.assert_array_equal(v, other[k])
+    assert (loaded is model) == (framework == "nnx")
     for k, v in jconv.state_dict(model).items():
-        np.testing.assert_array_equal(v, sd[k])
+        np.testing.assert_array_equal(v, other[k] if framework == "nnx" else sd[k])
     # save / load through a safetensors file
     jconv.save(tmp_path / "m.safetensors", loaded)
     again = jconv.load(tmp_path / "m.safetensors", model)
@@ -244,6 +246,10 @@ def test_loading_checks_names_and_shapes(framework):
         jconv.load_state_dict(models[framework], bad)
     with pytest.raises(ValueError, match='Unexpected key.*"extra"'):
         jconv.load_state_dict(models[framework], dict(sd, extra=np.zeros(1)))
+    for k, v in jconv.state_dict(models[framework]).items():  # a failed load changes nothing
+        np.testing.assert_array_equal(v, sd[k])
+    loose = jconv.load_state_dict(models[framework], dict(sd, extra=np.zeros(1)), strict=False)
+    assert set(jconv.state_dict(loose)) == NAMES
 
 
 def _loss_and_grads(framework, model, x):
