@@ -17,6 +17,7 @@ from jconv.chain import parse_layer, trace
 from jconv.cli import main
 from jconv.demo import walkthrough
 from jconv.lowering import ALGORITHMS
+from jconv.models import COLUMNS, RUNS, run_model
 
 
 def test_module_runs_the_walkthrough():
@@ -258,3 +259,40 @@ def test_shape_needs_at_least_one_layer(capsys):
     with pytest.raises(SystemExit) as done:
         main(["shape", "1,3,8,8"])
     assert done.value.code == 2
+
+
+def test_models_bench_runs_one_model_through_the_cli(tmp_path, capsys):
+    code = main(["bench", "--models", "--cases", "audio1d:float32", "--scale", "0.125",
+                 "--repeat", "1", "--out", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    report = json.loads((tmp_path / "models.json").read_text())
+    (row,) = report["rows"]
+    assert row["model"] == "audio1d" and row["dtype"] == "float32"
+    for column in ("jconv", "flax", "lax"):
+        assert row["ms"][column]["step"] > 0 and row["ms"][column]["inference"] > 0
+        assert row["temp_bytes"][column]["step"] >= 0 and row["compile_s"][column] > 0
+    assert "vs_flax_step_geomean" in report["summary"]
+    assert main(["bench", "--models", "--cases", "nope"]) == 2
+
+
+@pytest.mark.parametrize("run", tiered(RUNS, [4], ids=[f"{m}:{d}" for m, d in RUNS]))
+def test_every_benchmark_column_trains_the_same_network(run):
+    """jconv, torch, flax-style NHWC lax and plain lax compute the same first loss from the
+    same weights: the benchmark compares one network, not four."""
+    model, dtype = run
+    columns = COLUMNS if _has_torch() else ("jconv", "flax", "lax")
+    row = run_model(model, dtype, 1, scale=0.25, columns=columns)
+    losses = row["first_loss"]
+    assert set(losses) == set(columns)
+    tol = 1e-4 if dtype == "float32" else 2e-2
+    for name, value in losses.items():
+        assert abs(value - losses["jconv"]) <= tol * abs(losses["jconv"]), (name, losses)
+
+
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
