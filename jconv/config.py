@@ -371,3 +371,5 @@ ConvTranspose3d = _fixed(
 )
 
 CONFIG_TYPES = (ConvNd, ConvTransposeNd)
+# the six torch layer kinds, in torch's order (the framework modules wrap each one)
+LAYER_TYPES = (Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d)

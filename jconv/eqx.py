@@ -64,12 +64,9 @@ def _module(config_type: type) -> type:
     return cls
 
 
-Conv1d = _module(_config.Conv1d)
-Conv2d = _module(_config.Conv2d)
-Conv3d = _module(_config.Conv3d)
-ConvTranspose1d = _module(_config.ConvTranspose1d)
-ConvTranspose2d = _module(_config.ConvTranspose2d)
-ConvTranspose3d = _module(_config.ConvTranspose3d)
+Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d = map(
+    _module, _config.LAYER_TYPES
+)
 
 
 def _is_layer(x: Any) -> bool:

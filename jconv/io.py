@@ -61,7 +61,12 @@ def key_name(entry) -> str:
 
 
 def _prefix(path) -> str:
-    return "".join(key_name(p) + "." for p in path)
+    """``"a.0."`` for a path; an adapter's root key and an empty name (a model that is
+    one layer) add nothing."""
+    names = [key_name(p) for p in path]
+    if names and names[0] == _FLAT:
+        names = [n for n in names[1:] if n]
+    return "".join(n + "." for n in names)
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -81,7 +86,7 @@ def _layers(cfg_tree) -> list[tuple[str, Any]]:
                 f"cfg_tree must be a config or a nested dict/list/tuple of configs; found "
                 f"{type(leaf).__name__} at {_prefix(path)[:-1] or 'the root'!r}"
             )
-        out.append((_prefix(path).removeprefix(_FLAT + "."), leaf))
+        out.append((_prefix(path), leaf))
     return out
 
 
@@ -227,7 +232,7 @@ def state_dict(tree: Any) -> dict[str, np.ndarray]:
                 f"tree must be Params or a nested dict/list/tuple of Params; found "
                 f"{type(leaf).__name__} at {_prefix(path)[:-1] or 'the root'!r}"
             )
-        prefix = _prefix(path).removeprefix(_FLAT + ".")
+        prefix = _prefix(path)
         out[prefix + "weight"] = np.asarray(leaf.weight)
         if leaf.bias is not None:
             out[prefix + "bias"] = np.asarray(leaf.bias)

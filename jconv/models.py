@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 
 import jconv
-from jconv.bench import Progress, environment, geomean
+from jconv.bench import Progress, environment, geomean, interleaved
 from jconv.lowering.tune import temp_bytes
 
 # ---------------------------------------------------------------------------
@@ -539,19 +539,9 @@ def run_model(model: str, dtype: str, repeat: int, *, scale: float = 1.0, column
 
 
 def _interleave(timers: dict, repeat: int) -> dict:
-    for a, b in timers.values():
-        a(), b()
-    samples = {k: ([], []) for k in timers}
-    calls = [(k, i) for k in timers for i in (0, 1)]
-    rng = np.random.default_rng(0)
-    for _ in range(repeat):
-        for j in rng.permutation(len(calls)):
-            k, i = calls[j]
-            samples[k][i].append(timers[k][i]())
-    return {
-        k: {"step": 1e3 * float(np.median(s)), "inference": 1e3 * float(np.median(f))}
-        for k, (s, f) in samples.items()
-    }
+    """Median ms of each column's (step, inference), shuffled and interleaved."""
+    ms = interleaved(timers, repeat)
+    return {k: {"step": v["forward"], "inference": v["forward_backward"]} for k, v in ms.items()}
 
 
 def summarize(rows: list[dict]) -> dict:

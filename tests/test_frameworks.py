@@ -364,3 +364,18 @@ def test_unbatched_equinox_input_and_jit():
     x = jax.random.normal(jax.random.key(0), (3, 6, 6))
     y = equinox.filter_jit(lambda m, x: m(x))(m, x)
     chex.assert_trees_all_close(y, jconv.apply(m.params, x[None])[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("framework", ["nnx", "linen", "eqx"])
+def test_a_single_layer_has_torchs_plain_names(framework):
+    x = jnp.ones((1, 4, 5, 5))
+    if framework == "nnx":
+        model = _nnx("ConvTranspose2d", (4, 2, 3), {})
+    elif framework == "eqx":
+        model = _eqx("ConvTranspose2d", (4, 2, 3), {})
+    else:
+        model = _linen("ConvTranspose2d", (4, 2, 3), {}, x)[1]
+    sd = jconv.state_dict(model)
+    assert sorted(sd) == ["bias", "weight"] and sd["weight"].shape == (4, 2, 3, 3)
+    loaded = jconv.load_state_dict(model, {"weight": sd["weight"] * 0, "bias": sd["bias"]})
+    assert not jconv.state_dict(loaded)["weight"].any()
