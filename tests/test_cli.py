@@ -273,10 +273,14 @@ def test_models_bench_runs_one_model_through_the_cli(tmp_path, capsys):
         assert row["ms"][column]["step"] > 0 and row["ms"][column]["inference"] > 0
         assert row["temp_bytes"][column]["step"] >= 0 and row["compile_s"][column] > 0
     assert "vs_flax_step_geomean" in report["summary"]
+    losses = row["first_loss"]  # every column trains the same network (all models: below)
+    assert {"jconv", "flax", "lax"} <= set(losses)
+    for name, value in losses.items():
+        assert abs(value - losses["jconv"]) <= 1e-4 * abs(losses["jconv"]), (name, losses)
     assert main(["bench", "--models", "--cases", "nope"]) == 2
 
 
-@pytest.mark.parametrize("run", tiered(RUNS, [4], ids=[f"{m}:{d}" for m, d in RUNS]))
+@pytest.mark.parametrize("run", tiered(RUNS, [], ids=[f"{m}:{d}" for m, d in RUNS]))
 def test_every_benchmark_column_trains_the_same_network(run):
     """jconv, torch, flax-style NHWC lax and plain lax compute the same first loss from the
     same weights: the benchmark compares one network, not four."""
