@@ -68,9 +68,19 @@ Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d = map(
 )
 
 
-def _names(model: nnx.Module) -> list[tuple[str, _Conv]]:
+def _as_module(tree: Any) -> nnx.Module:
+    """``tree`` itself, or a plain list, tuple or dict of modules held in an nnx container
+    (which keeps the same module objects, so loading in place reaches them)."""
+    if isinstance(tree, (list, tuple)):
+        return nnx.List(list(tree))
+    if isinstance(tree, dict):
+        return nnx.Dict(tree)
+    return tree
+
+
+def _names(model: Any) -> list[tuple[str, _Conv]]:
     """(torch name, layer) for every jconv layer in ``model``."""
-    nodes = dict(nnx.iter_modules(model))
+    nodes = dict(nnx.iter_modules(_as_module(model)))
     out = []
     for path, node in nodes.items():
         if not isinstance(node, _Conv):
@@ -86,7 +96,11 @@ def _names(model: nnx.Module) -> list[tuple[str, _Conv]]:
 
 class _Adapter(io.Adapter):
     def owns(self, tree: Any) -> bool:
-        return isinstance(tree, nnx.Module)
+        if isinstance(tree, nnx.Module):
+            return True
+        items = tree.values() if isinstance(tree, dict) else tree
+        return isinstance(tree, (list, tuple, dict)) and any(isinstance(m, nnx.Module)
+                                                             for m in items)  # fmt: skip
 
     def layers(self, tree):
         return [(name, m.params) for name, m in _names(tree)]

@@ -379,3 +379,16 @@ def test_a_single_layer_has_torchs_plain_names(framework):
     assert sorted(sd) == ["bias", "weight"] and sd["weight"].shape == (4, 2, 3, 3)
     loaded = jconv.load_state_dict(model, {"weight": sd["weight"] * 0, "bias": sd["bias"]})
     assert not jconv.state_dict(loaded)["weight"].any()
+
+
+@pytest.mark.parametrize("framework", ["nnx", "eqx"])
+def test_a_plain_list_or_dict_of_layers_is_named_by_index_and_key(framework):
+    make = _nnx if framework == "nnx" else _eqx
+    layers = [make("Conv2d", (3, 4, 3), {}), make("Conv1d", (4, 2, 1), {"bias": False}, seed=1)]
+    sd = jconv.state_dict(layers)
+    assert sorted(sd) == ["0.bias", "0.weight", "1.weight"]
+    named = {"stem": layers[0]}
+    assert sorted(jconv.state_dict(named)) == ["stem.bias", "stem.weight"]
+    loaded = jconv.load_state_dict(layers, {k: v * 0 for k, v in sd.items()})
+    assert not any(v.any() for v in jconv.state_dict(loaded).values())
+    assert isinstance(loaded, list) and len(loaded) == 2
