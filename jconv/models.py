@@ -122,12 +122,31 @@ def _convnext(dims=(48, 96, 192), depth: int = 2):
     return layers, forward
 
 
-def _unet(widths=(16, 32, 64, 128)):
-    layers = {"in": jconv.Conv2d(3, widths[0], 3, padding=1)}
+def _encoder(conv, cin: int, widths) -> dict:
+    """A UNet's encoder: an input conv, then per level a strided 3x3 down and a 3x3."""
+    layers = {"in": conv(cin, widths[0], 3, padding=1)}
     for i, c in enumerate(widths):
         if i:
-            layers[f"down{i}"] = jconv.Conv2d(widths[i - 1], c, 3, stride=2, padding=1)
-        layers[f"enc{i}"] = jconv.Conv2d(c, c, 3, padding=1)
+            layers[f"down{i}"] = conv(widths[i - 1], c, 3, stride=2, padding=1)
+        layers[f"enc{i}"] = conv(c, c, 3, padding=1)
+    return layers
+
+
+def _encode(nn, x, levels: int, norm: bool) -> list:
+    """The encoder's skips, deepest last."""
+    x = nn.relu(nn.conv("in", x))
+    skips = []
+    for i in range(levels):
+        if i:
+            x = nn.relu(nn.conv(f"down{i}", x))
+        h = nn.conv(f"enc{i}", x)
+        x = nn.relu(nn.norm(h) if norm else h)
+        skips.append(x)
+    return skips
+
+
+def _unet(widths=(16, 32, 64, 128)):
+    layers = _encoder(jconv.Conv2d, 3, widths)
     for i in reversed(range(len(widths) - 1)):
         c = widths[i]
         layers[f"up{i}"] = jconv.ConvTranspose2d(widths[i + 1], c, 2, stride=2)
@@ -136,13 +155,8 @@ def _unet(widths=(16, 32, 64, 128)):
     layers["out"] = jconv.Conv2d(widths[0], 3, 1)
 
     def forward(nn, x):
-        x = nn.relu(nn.conv("in", x))
-        skips = []
-        for i in range(len(widths)):
-            if i:
-                x = nn.relu(nn.conv(f"down{i}", x))
-            x = nn.relu(nn.norm(nn.conv(f"enc{i}", x)))
-            skips.append(x)
+        skips = _encode(nn, x, len(widths), norm=True)
+        x = skips[-1]
         for i in reversed(range(len(widths) - 1)):
             x = nn.cat(nn.conv(f"up{i}", x), skips[i])
             x = nn.relu(nn.norm(nn.conv(f"dec{i}a", x)))
@@ -175,11 +189,7 @@ def _audio(latent: int = 64, widths=(256, 128, 64, 32), strides=(8, 4, 2)):
 
 
 def _unet3d(widths=(16, 32, 64)):
-    layers = {"in": jconv.Conv3d(1, widths[0], 3, padding=1)}
-    for i, c in enumerate(widths):
-        if i:
-            layers[f"down{i}"] = jconv.Conv3d(widths[i - 1], c, 3, stride=2, padding=1)
-        layers[f"enc{i}"] = jconv.Conv3d(c, c, 3, padding=1)
+    layers = _encoder(jconv.Conv3d, 1, widths)
     for i in reversed(range(len(widths) - 1)):
         c = widths[i]
         layers[f"up{i}"] = jconv.ConvTranspose3d(
@@ -189,13 +199,8 @@ def _unet3d(widths=(16, 32, 64)):
     layers["out"] = jconv.Conv3d(widths[0], 1, 1)
 
     def forward(nn, x):
-        x = nn.relu(nn.conv("in", x))
-        skips = []
-        for i in range(len(widths)):
-            if i:
-                x = nn.relu(nn.conv(f"down{i}", x))
-            x = nn.relu(nn.conv(f"enc{i}", x))
-            skips.append(x)
+        skips = _encode(nn, x, len(widths), norm=False)
+        x = skips[-1]
         for i in reversed(range(len(widths) - 1)):
             x = nn.cat(nn.relu(nn.conv(f"up{i}", x)), skips[i])
             x = nn.relu(nn.conv(f"dec{i}", x))
