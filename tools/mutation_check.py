@@ -3,7 +3,7 @@
 Usage: ``python tools/mutation_check.py REPO PYTHON [FILTER]``. Each mutation edits
 one line of a copy of REPO (torch parity of transposed convs, error messages, the
 safetensors reader, each custom lowering's gradients, weight norm, state_dict
-names) and runs the fast tier there (``pytest -n 2 -x -m "not slow"``); a mutation
+names, the framework modules, per-platform plans) and runs the fast tier there (``pytest -n 2 -x -m "not slow"``); a mutation
 the tier does not fail is a gap in it. FILTER runs only the mutations whose
 description contains it.
 """
@@ -112,8 +112,38 @@ MUTATIONS = [
     (
         "state_dict names",
         "jconv/io.py",
-        'return "".join(_key_name(p) + "." for p in path)',
-        'return "".join(_key_name(p) + "_" for p in path)',
+        'return "".join(n + "." for n in names)',
+        'return "".join(n + "_" for n in names)',
+    ),
+    (
+        "ecosystem: NNX Sequential layers not named by index",
+        "jconv/nnx.py",
+        'if not (p == "layers" and isinstance(nodes.get(path[:i]), nnx.Sequential))',
+        'if not (p == "layer" and isinstance(nodes.get(path[:i]), nnx.Sequential))',
+    ),
+    (
+        "ecosystem: Equinox Sequential layers not named by index",
+        "jconv/eqx.py",
+        'if not (part == "layers" and isinstance(node, equinox.nn.Sequential)):',
+        "if True:",
+    ),
+    (
+        "ecosystem: Linen Sequential layers_N kept as layers.N",
+        "jconv/linen.py",
+        'return m.group(2) if m.group(1) == "layers" else',
+        'return m.group(2) if m.group(1) == "nothing" else',
+    ),
+    (
+        "ecosystem: NNX load writes no weight",
+        "jconv/nnx.py",
+        "m.weight[...] = params[name].weight",
+        "m.weight[...] = m.weight[...]",
+    ),
+    (
+        "ecosystem: the CPU plan on every platform",
+        "jconv/core.py",
+        "name = lowering.plan(cfg, shape, dtype, backend, place.devices, place.sharded)",
+        'name = lowering.plan(cfg, shape, dtype, "cpu", place.devices, place.sharded)',
     ),
 ]
 
