@@ -3,8 +3,8 @@
 Usage: ``python tools/mutation_check.py REPO PYTHON [FILTER]``. Each mutation edits
 one line of a copy of REPO (torch parity of transposed convs, error messages, the
 safetensors reader, each custom lowering's gradients, weight norm, state_dict
-names, the framework modules, per-platform plans) and runs the fast tier there (``pytest -n 2 -x -m "not slow"``); a mutation
-the tier does not fail is a gap in it. FILTER runs only the mutations whose
+names, the framework modules, per-platform plans) and runs the fast tier there
+(``pytest -n 2 -x -m "not slow"``); a mutation the tier does not fail is a gap in it. FILTER runs only the mutations whose
 description contains it.
 """
 
