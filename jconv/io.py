@@ -41,11 +41,16 @@ class Adapter:
 
 
 ADAPTERS: list[Adapter] = []
-_FLAT = "\x00adapted"  # the root key under which an adapter's flat names are loaded
 
 
 def _adapter(tree: Any) -> Adapter | None:
     return next((a for a in ADAPTERS if a.owns(tree)), None)
+
+
+def _adapted(adapter: Adapter, tree: Any) -> list[tuple[str, Params]]:
+    """An adapter's layers as (prefix, Params): ``"features.0."``, or ``""`` for a model
+    that is one layer."""
+    return [(name + "." if name else "", p) for name, p in adapter.layers(tree)]
 
 
 def torch_name(parts) -> str:
@@ -61,12 +66,7 @@ def key_name(entry) -> str:
 
 
 def _prefix(path) -> str:
-    """``"a.0."`` for a path; an adapter's root key and an empty name (a model that is
-    one layer) add nothing."""
-    names = [key_name(p) for p in path]
-    if names and names[0] == _FLAT:
-        names = [n for n in names[1:] if n]
-    return "".join(n + "." for n in names)
+    return "".join(key_name(p) + "." for p in path)
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -77,14 +77,15 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.array(value, copy=True)
 
 
-def _layers(cfg_tree) -> list[tuple[str, Any]]:
-    leaves, _ = jax.tree_util.tree_flatten_with_path(cfg_tree)
+def _layers(tree, types, expected: str) -> list[tuple[str, Any]]:
+    """(prefix, leaf) for each leaf of ``tree``, which must be of ``types``; else a
+    TypeError that says ``expected`` and where the odd leaf is."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, types))
     out = []
     for path, leaf in leaves:
-        if not isinstance(leaf, CONFIG_TYPES):
+        if not isinstance(leaf, types):
             raise TypeError(
-                f"cfg_tree must be a config or a nested dict/list/tuple of configs; found "
-                f"{type(leaf).__name__} at {_prefix(path)[:-1] or 'the root'!r}"
+                f"{expected}; found {type(leaf).__name__} at {_prefix(path)[:-1] or 'the root'!r}"
             )
         out.append((_prefix(path), leaf))
     return out
@@ -170,10 +171,21 @@ def load_state_dict(cfg_tree: Any, state_dict: Mapping[str, Any], strict: bool =
         )
     adapter = _adapter(cfg_tree)
     if adapter is not None:  # a Flax or Equinox module tree holding the weights
-        named = {name: p.cfg for name, p in adapter.layers(cfg_tree)}
-        loaded = load_state_dict({_FLAT: named}, state_dict, strict)[_FLAT]
-        return adapter.rebuild(cfg_tree, loaded)
-    layers = _layers(cfg_tree)
+        layers = [(prefix, p.cfg) for prefix, p in _adapted(adapter, cfg_tree)]
+        loaded = _load(layers, state_dict, strict)
+        return adapter.rebuild(cfg_tree, {k.removesuffix("."): p for k, p in loaded})
+    layers = _layers(
+        cfg_tree,
+        CONFIG_TYPES,
+        "cfg_tree must be a config or a nested dict/list/tuple of configs",
+    )
+    params = iter(p for _, p in _load(layers, state_dict, strict))
+    return jax.tree_util.tree_map(lambda _: next(params), cfg_tree)
+
+
+def _load(layers: list[tuple[str, Any]], state_dict: Mapping[str, Any], strict: bool):
+    """(prefix, Params) for each (prefix, config), read from ``state_dict`` with every
+    problem reported together."""
     missing, mismatched, built = [], [], []
     expected = set()
     for prefix, cfg in layers:
@@ -208,11 +220,10 @@ def load_state_dict(cfg_tree: Any, state_dict: Mapping[str, Any], strict: bool =
             "config tree matches the model the state_dict came from (names, kernel sizes, "
             "channels, bias)."
         )
-    params = iter(
-        Params(weight=a["weight"], bias=a.get("bias"), cfg=cfg)
-        for (_, cfg), a in zip(layers, built)
-    )
-    return jax.tree_util.tree_map(lambda _: next(params), cfg_tree)
+    return [
+        (prefix, Params(weight=a["weight"], bias=a.get("bias"), cfg=cfg))
+        for (prefix, cfg), a in zip(layers, built)
+    ]
 
 
 def state_dict(tree: Any) -> dict[str, np.ndarray]:
@@ -223,16 +234,11 @@ def state_dict(tree: Any) -> dict[str, np.ndarray]:
     """
     adapter = _adapter(tree)
     if adapter is not None:
-        tree = {_FLAT: dict(adapter.layers(tree))}
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, Params))
+        layers = _adapted(adapter, tree)
+    else:
+        layers = _layers(tree, Params, "tree must be Params or a nested dict/list/tuple of Params")
     out: dict[str, np.ndarray] = {}
-    for path, leaf in leaves:
-        if not isinstance(leaf, Params):
-            raise TypeError(
-                f"tree must be Params or a nested dict/list/tuple of Params; found "
-                f"{type(leaf).__name__} at {_prefix(path)[:-1] or 'the root'!r}"
-            )
-        prefix = _prefix(path)
+    for prefix, leaf in layers:
         out[prefix + "weight"] = np.asarray(leaf.weight)
         if leaf.bias is not None:
             out[prefix + "bias"] = np.asarray(leaf.bias)

@@ -112,8 +112,8 @@ MUTATIONS = [
     (
         "state_dict names",
         "jconv/io.py",
-        'return "".join(n + "." for n in names)',
-        'return "".join(n + "_" for n in names)',
+        'return "".join(key_name(p) + "." for p in path)',
+        'return "".join(key_name(p) + "_" for p in path)',
     ),
     (
         "ecosystem: NNX Sequential layers not named by index",
