@@ -256,6 +256,16 @@ def environment() -> dict:
     }
 
 
+def write_report(folder, name: str, report: dict, draw: Callable | None = None) -> None:
+    """Writes ``name.json`` (the environment, then ``report``) into ``folder``, and
+    ``name.png`` through ``draw(path)`` when given (it returns whether it drew)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({**environment(), **report}, indent=1))
+    drawn = draw is not None and draw(out / f"{name}.png")
+    print(f"wrote {out / f'{name}.json'}" + (f" and {out / f'{name}.png'}" if drawn else ""))
+
+
 def geomean(values: Sequence[float]) -> float:
     return (
         float(math.exp(sum(math.log(v) for v in values) / len(values))) if values else float("nan")
@@ -416,17 +426,12 @@ def run(args) -> int:
         f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}), {args.dtype}"
     )
     print(table(rows, summary, peak))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     report = {
-        **environment(),
         "dtype": args.dtype,
         "repeat": args.repeat,
         "matmul_peak_gflops": peak,
         "summary": summary,
         "rows": rows,
     }
-    (out / "bench.json").write_text(json.dumps(report, indent=1))
-    drawn = chart(rows, out / "bench.png")
-    print(f"wrote {out / 'bench.json'}" + (f" and {out / 'bench.png'}" if drawn else ""))
+    write_report(args.out, "bench", report, lambda path: chart(rows, path))
     return 0

@@ -28,9 +28,9 @@ from jconv.bench import (
     _timer,
     _torch_pair,
     compile_pair,
-    environment,
     geomean,
     interleaved,
+    write_report,
 )
 from jconv.lowering.tune import temp_bytes
 
@@ -343,15 +343,6 @@ def run(args) -> int:
             f"memory {m['forward']:5.1f}x/{m['forward_backward']:5.1f}x"
         )
     print(json.dumps(summary, indent=1))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {
-        **environment(),
-        "repeat": args.repeat,
-        "summary": summary,
-        "rows": rows,
-    }
-    (out / "grid.json").write_text(json.dumps(report, indent=1))
-    drawn = chart(rows, out / "grid.png")
-    print(f"wrote {out / 'grid.json'}" + (f" and {out / 'grid.png'}" if drawn else ""))
+    report = {"repeat": args.repeat, "summary": summary, "rows": rows}
+    write_report(args.out, "grid", report, lambda path: chart(rows, path))
     return 0

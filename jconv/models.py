@@ -17,12 +17,12 @@ the compiled temporary memory (``memory_analysis().temp_size_in_bytes``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +30,9 @@ import numpy as np
 from jax import lax
 
 import jconv
-from jconv.bench import Progress, environment, geomean, interleaved
+from jconv.bench import Progress, _timer, geomean, interleaved, write_report
 from jconv.lowering.tune import temp_bytes
+from jconv.lowering.xla import dimension_numbers, transposed_pads
 
 # ---------------------------------------------------------------------------
 # the architectures: layer configs, and a forward written against ``nn``
@@ -273,19 +274,10 @@ def _lax_conv(cfg, layout: str) -> Callable:
     """``cfg`` as one lax call; ``layout`` "nchw" (torch weights) or "nhwc" (flax kernels)."""
     n = cfg.ndim
     sp = "DHW"[3 - n :]
-    dn = (
-        ("NC" + sp, "OI" + sp, "NC" + sp)
-        if layout == "nchw"
-        else ("N" + sp + "C", sp + "IO", "N" + sp + "C")
-    )
+    dn = dimension_numbers(n) if layout == "nchw" else ("N" + sp + "C", sp + "IO", "N" + sp + "C")
     bias_shape = (-1,) + (1,) * n if layout == "nchw" else (-1,)
     if cfg.transposed:
-        pads = [
-            (d * (k - 1) - lo, d * (k - 1) - hi + op)
-            for (lo, hi), k, d, op in zip(
-                cfg.pads, cfg.kernel_size, cfg.dilation, cfg.output_padding
-            )
-        ]
+        pads = transposed_pads(cfg.kernel_size, cfg.dilation, cfg.pads, cfg.output_padding)
 
         def conv(x, w):  # nchw: torch's (I, O, *k), flipped by lax; nhwc: flax's (*k, I, O)
             return lax.conv_transpose(
@@ -458,7 +450,7 @@ def build(model: str, dtype: str, *, algorithm: str = "auto", scale: float = 1.0
     builder, shape, kind = MODELS[model]
     layers, forward = builder()
     jd = jnp.dtype(dtype)
-    layers = {k: c.__class__(*_args(c), **_kwargs(c, jd, algorithm)) for k, c in layers.items()}
+    layers = {k: dataclasses.replace(c, dtype=jd, algorithm=algorithm) for k, c in layers.items()}
     shape = shape[:2] + tuple(max(8, int(s * scale)) for s in shape[2:])
     keys = jax.random.split(jax.random.key(0), len(layers))
     params = {k: jconv.init(key, c) for key, (k, c) in zip(keys, layers.items())}
@@ -468,32 +460,10 @@ def build(model: str, dtype: str, *, algorithm: str = "auto", scale: float = 1.0
     return layers, forward, kind, params, x, t
 
 
-def _args(c):
-    return (c.in_channels, c.out_channels, c.kernel_size)
-
-
-def _kwargs(c, dtype, algorithm):
-    kw = dict(stride=c.stride, padding=c.padding, dilation=c.dilation, groups=c.groups,
-              bias=c.bias, dtype=dtype, algorithm=algorithm)  # fmt: skip
-    if c.transposed:
-        kw["output_padding"] = c.output_padding
-    return kw
-
-
 # ---------------------------------------------------------------------------
 # running and reporting
 
 COLUMNS = ("jconv", "torch", "flax", "lax")
-
-
-def _timed(fn: Callable, *args) -> Callable[[], float]:
-    def once() -> float:
-        jax.block_until_ready(fn(*args))
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        return time.perf_counter() - t
-
-    return once
 
 
 def run_model(model: str, dtype: str, repeat: int, *, scale: float = 1.0, columns=COLUMNS) -> dict:
@@ -511,7 +481,7 @@ def run_model(model: str, dtype: str, repeat: int, *, scale: float = 1.0, column
             xt = tensor(x)
             tt = torch.tensor(np.asarray(t)).long() if kind == "classes" else tensor(t)
             losses[name] = float(step(xt, tt))
-            timers[name] = (_timed(step, xt, tt), _timed(infer, xt))
+            timers[name] = (_timer(step, xt, tt), _timer(infer, xt))
             continue
         step, infer, p, to_input = jax_variant(name, layers, forward, kind, params)
         xi, ti = to_input(x), to_input(t)
@@ -521,7 +491,7 @@ def run_model(model: str, dtype: str, repeat: int, *, scale: float = 1.0, column
         infer_c = infer.lower(p, xi).compile()
         memory[name] = {"step": temp_bytes(step_c), "inference": temp_bytes(infer_c)}
         losses[name] = float(step_c(p, xi, ti)[1])
-        timers[name] = (_timed(step_c, p, xi, ti), _timed(infer_c, p, xi))
+        timers[name] = (_timer(step_c, p, xi, ti), _timer(infer_c, p, xi))
     ms = _interleave(timers, repeat)
     row = {
         "model": model,
@@ -598,10 +568,6 @@ def run(args) -> int:
     summary = summarize(rows)
     print("ms: step/inference; ratios: the other column's time / jconv's (> 1: jconv faster)")
     print(json.dumps(summary, indent=1))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {**environment(), "repeat": args.repeat, "scale": args.scale, "summary": summary,
-              "rows": rows}  # fmt: skip
-    (out / "models.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {out / 'models.json'}")
+    report = {"repeat": args.repeat, "scale": args.scale, "summary": summary, "rows": rows}
+    write_report(args.out, "models", report)
     return 0

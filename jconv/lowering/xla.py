@@ -128,6 +128,15 @@ def conv(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
     )
 
 
+def transposed_pads(kernel, dilation, pads, output_padding) -> list[tuple[int, int]]:
+    """The padding of the input-dilated convolution a transposed one runs: ``d·(k − 1)``
+    less torch's padding on each side, plus ``output_padding`` high (may be negative)."""
+    return [
+        (d * (k - 1) - lo, d * (k - 1) - hi + op)
+        for k, d, (lo, hi), op in zip(kernel, dilation, pads, output_padding)
+    ]
+
+
 def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
     """torch's transposed convolution of ``x`` (N, C_in, *sp) with ``w`` (C_in, C_out/g, *k).
 
@@ -149,10 +158,7 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarra
     guard = swap_hazard(out, kernel, spec.stride, spec.dilation, forward_pads, groups)
     w = w.reshape(groups, cin // groups, per_group, *kernel).swapaxes(1, 2)
     w = jnp.flip(w.reshape(groups * per_group, cin // groups, *kernel), range(2, nd + 2))
-    pads = [
-        (d * (k - 1) - lo, d * (k - 1) - hi + op)
-        for k, d, (lo, hi), op in zip(kernel, spec.dilation, spec.pads, spec.output_padding)
-    ]
+    pads = transposed_pads(kernel, spec.dilation, spec.pads, spec.output_padding)
     y = _guarded(
         x,
         w,
