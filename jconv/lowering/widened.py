@@ -76,11 +76,8 @@ def _dw(x, dy, spec: ConvSpec, kernel):
     blocks = -(-batch // FEATURES) * -(-cout // FEATURES)
     if spec.groups > 1 or blocks > MAX_BLOCKS:  # (output-channel blocks would cut groups)
         return custom.transpose(lambda v: xla.conv(x, v, spec), shape, dy.dtype, dy)
-    extra = -batch % FEATURES  # zero rows add nothing to the sums
-    x = jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1))
-    dy = jnp.pad(dy, [(0, extra)] + [(0, 0)] * (dy.ndim - 1))
     total = jnp.zeros(shape, accumulator(dy.dtype))
-    for n in range(0, batch + extra, FEATURES):
+    for n in range(0, batch, FEATURES):
         xb, dyb = x[n : n + FEATURES], dy[n : n + FEATURES]
         parts = [
             custom.transpose(
