@@ -328,3 +328,31 @@ def test_planner_keeps_small_batches_and_broadcast_heavy_1x1_on_xla():
     wide = jconv.Conv2d(2048, 512, 1)
     assert plan(wide, (64, 2048, 7, 7), jnp.float32, "cpu") == "xla"
     assert plan(wide, (2, 2048, 56, 56), jnp.float32, "cpu") == "matmul"
+
+
+@pytest.mark.parametrize(
+    "cfg, shape, mode",
+    [
+        # fft forward, run over blocks of groups (unblocked: 2.4x xla's temporaries)
+        (jconv.Conv2d(96, 96, 5, padding=2, groups=96), (8, 96, 56, 56), "forward"),
+        (jconv.Conv2d(384, 384, 7, padding=3, groups=384), (8, 384, 14, 14), "forward"),
+        # subpixel gradients at batch 8: widened's ragged batch block (was 2.2x)
+        (jconv.ConvTranspose1d(256, 128, 8, stride=4, padding=2), (8, 256, 2000), "train"),
+        (jconv.ConvTranspose2d(64, 32, 3, stride=2, padding=1), (8, 64, 56, 56), "train"),
+    ],
+)
+def test_planned_lowering_needs_at_most_twice_xlas_temporary_memory(cfg, shape, mode):
+    """Compiled temporaries (not time) of the planner's choice against ``"xla"``."""
+    from jconv.lowering.tune import temp_bytes
+
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    used = {}
+    for name in ("auto", "xla"):
+        p = jconv.init(jax.random.key(0), dataclasses.replace(cfg, algorithm=name))
+        if mode == "forward":
+            f = jax.jit(lambda p, x: jconv.apply(p, x))
+        else:
+            f = jax.jit(jax.grad(lambda p, x: jnp.sum(jconv.apply(p, x)), argnums=(0, 1)))
+        used[name] = temp_bytes(f.lower(p, x).compile())
+    assert plan(cfg, shape, jnp.float32, "cpu") != "xla"
+    assert used["auto"] <= 2 * used["xla"], used

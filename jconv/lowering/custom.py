@@ -13,7 +13,10 @@ A lowering registers its three forms once with :func:`register`:
 
 * ``primal(x, w, spec) -> y``;
 * ``dx(w, dy, spec) -> dx`` or None (autodiff of ``primal``);
-* ``dw(x, dy, spec, kernel) -> dw`` or None (autodiff of ``primal``).
+* ``dw(x, dy, spec, kernel) -> dw`` or None (autodiff of ``primal``);
+* ``linear(x, w, spec) -> y`` or None: the same map in another form, whose
+  autodiff replaces ``primal``'s for a missing ``dx`` or ``dw`` (a primal that
+  loops over blocks to save memory can keep the unblocked form's gradients).
 
 Each form must be exactly the transpose of ``primal`` in that argument; the
 lowering tests check every one against ``"xla"``.
@@ -31,14 +34,16 @@ from jax.interpreters import ad, batching, mlir
 
 Fn = Callable[..., jax.Array]
 
-_FORMS: dict[str, tuple[Fn, Fn | None, Fn | None]] = {}
+_FORMS: dict[str, tuple[Fn, Fn | None, Fn | None, Fn]] = {}
 
 bilinear_p = Primitive("jconv_bilinear")
 
 
-def register(name: str, primal: Fn, dx: Fn | None = None, dw: Fn | None = None) -> None:
+def register(
+    name: str, primal: Fn, dx: Fn | None = None, dw: Fn | None = None, linear: Fn | None = None
+) -> None:
     """Declares lowering ``name``'s primal form and its fast transposes."""
-    _FORMS[name] = (primal, dx, dw)
+    _FORMS[name] = (primal, dx, dw, linear or primal)
 
 
 def bilinear(name: str, x: jax.Array, w: jax.Array, spec: Any) -> jax.Array:
@@ -100,17 +105,17 @@ def _in(ct, other, dtype, form: Fn) -> jax.Array:
 
 
 def _dx(ct, x, w, *, form: str, spec):
-    primal, dx, _ = _FORMS[form]
+    _, dx, _, linear = _FORMS[form]
     if dx is not None:
         return _in(ct, w, x.aval.dtype, lambda w, ct: dx(w, ct, spec))
-    return transpose(lambda v: primal(v, w, spec), x.aval.shape, x.aval.dtype, ct)
+    return transpose(lambda v: linear(v, w, spec), x.aval.shape, x.aval.dtype, ct)
 
 
 def _dw(ct, x, w, *, form: str, spec):
-    primal, _, dw = _FORMS[form]
+    _, _, dw, linear = _FORMS[form]
     if dw is not None:
         return _in(ct, x, w.aval.dtype, lambda x, ct: dw(x, ct, spec, w.aval.shape[2:]))
-    return transpose(lambda v: primal(x, v, spec), w.aval.shape, w.aval.dtype, ct)
+    return transpose(lambda v: linear(x, v, spec), w.aval.shape, w.aval.dtype, ct)
 
 
 def _batched(args, dims, *, form: str, spec):

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.lowering import subpixel, widened, xla
+from jconv.lowering import custom, subpixel, widened, xla
 from jconv.lowering.common import accumulator, out_spatial, windows
 from jconv.lowering.spec import ConvSpec
 from jconv.lowering.xla import pad_trailing
@@ -69,8 +70,38 @@ def fft(x, w, spec: ConvSpec):
     """
     finite = jnp.isfinite(x).all() & jnp.isfinite(w).all()
     return lax.cond(
-        finite, lambda a, b: _fft_conv(a, b, spec), lambda a, b: xla.conv(a, b, spec), x, w
+        finite,
+        lambda a, b: custom.bilinear("fft", a, b, spec),
+        lambda a, b: xla.conv(a, b, spec),
+        x,
+        w,
     )
+
+
+_FFT_BLOCK_BYTES = 4 << 20  # at most this much padded input per block, and half the input
+
+
+def _fft_blocked(x, w, spec: ConvSpec):
+    """``_fft_conv`` over blocks of groups, one at a time: its padded input, spectra and
+    product exist for one block only (8x96x56² 5x5 depthwise: temporary memory 2.4x
+    the input's -> 0.8x, as fast). The gradients are the unblocked form's."""
+    g, (batch, cin), cout = spec.groups, x.shape[:2], w.shape[0]
+    per_in, mult = cin // g, cout // g
+    padded = math.prod(_fft_size(p + lo + hi) for p, (lo, hi) in zip(x.shape[2:], spec.pads))
+    per_group = batch * per_in * padded * jnp.dtype(accumulator(x.dtype)).itemsize
+    budget = min(_FFT_BLOCK_BYTES, max(x.size * x.dtype.itemsize // 2, per_group))
+    b = max(d for d in range(1, g + 1) if g % d == 0 and d * per_group <= budget)
+    if b == g or g // b > 64:  # one block, or too many small ones
+        return _fft_conv(x, w, spec)
+    sub = spec._replace(groups=b)
+
+    def block(i, y):
+        xs = lax.dynamic_slice_in_dim(x, i * b * per_in, b * per_in, axis=1)
+        ws = lax.dynamic_slice_in_dim(w, i * b * mult, b * mult, axis=0)
+        return lax.dynamic_update_slice_in_dim(y, _fft_conv(xs, ws, sub), i * b * mult, axis=1)
+
+    out = jax.eval_shape(lambda a, v: _fft_conv(a, v, sub), x[:, : b * per_in], w[: b * mult])
+    return lax.fori_loop(0, g // b, block, jnp.zeros((batch, cout, *out.shape[2:]), out.dtype))
 
 
 def _fft_conv(x, w, spec: ConvSpec):
@@ -97,6 +128,9 @@ def _fft_conv(x, w, spec: ConvSpec):
     out = out_spatial(x.shape[2:], kernel, spec)
     keep = tuple(slice(e, e + s * (o - 1) + 1, s) for e, s, o in zip(span, spec.stride, out))
     return y[(..., *keep)].astype(dtype)
+
+
+custom.register("fft", _fft_blocked, linear=_fft_conv)
 
 
 def pergroup(x, w, spec: ConvSpec):
