@@ -80,6 +80,14 @@ def _abstract(x, w, *, form: str, spec):
     return x.update(shape=out.shape, dtype=out.dtype, weak_type=False)
 
 
+def zeros(shape, dtype, *like: jax.Array) -> jax.Array:
+    """Zeros that vary over the ``shard_map`` axes any of ``like`` varies over (a loop
+    carry that the loop's body fills from those operands)."""
+    return _vary(
+        jnp.zeros(shape, dtype), frozenset().union(*(_varying(jax.typeof(a)) for a in like))
+    )
+
+
 def transpose(linear: Fn, shape, dtype, ct: jax.Array) -> jax.Array:
     """The transpose of the linear map ``linear`` (from arrays of ``shape``) at ``ct``.
 

@@ -101,7 +101,8 @@ def _fft_blocked(x, w, spec: ConvSpec):
         return lax.dynamic_update_slice_in_dim(y, _fft_conv(xs, ws, sub), i * b * mult, axis=1)
 
     out = jax.eval_shape(lambda a, v: _fft_conv(a, v, sub), x[:, : b * per_in], w[: b * mult])
-    return lax.fori_loop(0, g // b, block, jnp.zeros((batch, cout, *out.shape[2:]), out.dtype))
+    init = custom.zeros((batch, cout, *out.shape[2:]), out.dtype, x, w)
+    return lax.fori_loop(0, g // b, block, init)
 
 
 def _fft_conv(x, w, spec: ConvSpec):

@@ -86,7 +86,9 @@ def depthwise_weight_grad(x, dy, kernel, spec: ConvSpec):
     CPU). At stride 1, a loop over taps within a block, so that one window exists
     at a time: XLA's CPU backend copies out every window it is given at once, 8-27
     times the input's memory, and the loop was also 1.0-1.7x faster. Strided
-    windows are smaller, and there the static ones were 2x faster than the loop.
+    windows are smaller, and there the static ones were 2x faster than the loop;
+    static ones also keep a split spatial axis local (the loop's dynamic slices
+    would gather it), so off CPU or split the windows stay static.
     Channels are never sharded, so the loops keep batch and space sharding.
     """
     g, batch, n = spec.groups, x.shape[0], len(kernel)
@@ -102,7 +104,7 @@ def depthwise_weight_grad(x, dy, kernel, spec: ConvSpec):
         xs = xs.reshape(batch, block, 1, *x.shape[2:]).astype(acc)
         ds = lax.dynamic_slice_in_dim(dy, i * block * mult, block * mult, axis=1)
         ds = ds.reshape(batch, block, mult, *out).astype(acc)
-        if any(s > 1 for s in spec.stride):
+        if any(s > 1 for s in spec.stride) or not spec.widen:  # (widen: CPU, unsplit)
             return jnp.stack([jnp.sum(xt * ds, axis=axes) for _, xt in windows(xs, kernel, sub)])
         xs = pad_trailing(xs, spec.pads)
 
