@@ -356,3 +356,20 @@ def test_planned_lowering_needs_at_most_twice_xlas_temporary_memory(cfg, shape, 
         used[name] = temp_bytes(f.lower(p, x).compile())
     assert plan(cfg, shape, jnp.float32, "cpu") != "xla"
     assert used["auto"] <= 2 * used["xla"], used
+
+
+def test_shift_output_read_by_a_reduction_needs_no_window_copies():
+    """A channel mean right after a ``"shift"`` conv (a norm's first step) compiles with
+    temporaries near xla's: the shift sum stays one XLA loop fusion instead of being
+    taken into a YNNPACK fusion that copies out every tap window (then: 15x the input)."""
+    from jconv.lowering.tune import temp_bytes
+
+    cfg = jconv.Conv3d(64, 64, 3, padding=1, groups=64)
+    x = jax.ShapeDtypeStruct((2, 64, 16, 16, 16), jnp.float32)
+    used = {}
+    for name in ("auto", "xla"):
+        p = jconv.init(jax.random.key(0), dataclasses.replace(cfg, algorithm=name))
+        f = jax.jit(lambda p, x: jnp.mean(jconv.apply(p, x), axis=1))
+        used[name] = temp_bytes(f.lower(p, x).compile())
+    assert plan(cfg, x.shape, jnp.float32, "cpu") == "shift"
+    assert used["auto"] <= 2 * used["xla"], used
