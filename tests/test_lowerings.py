@@ -373,3 +373,14 @@ def test_shift_output_read_by_a_reduction_needs_no_window_copies():
         used[name] = temp_bytes(f.lower(p, x).compile())
     assert plan(cfg, x.shape, jnp.float32, "cpu") == "shift"
     assert used["auto"] <= 2 * used["xla"], used
+
+
+def test_fft_plans_a_depthwise_layer_whose_one_channel_outgrows_a_block():
+    """One group's padded input (8x520² floats, 8.7 MB) is more than a block may hold:
+    the fft then runs one group per block instead of failing to pick a block size."""
+    cfg = jconv.Conv2d(4, 4, 7, padding=3, groups=4)
+    x = jax.ShapeDtypeStruct((8, 4, 512, 512), jnp.float32)
+    p = jconv.init(jax.random.key(0), cfg)
+    assert plan(cfg, x.shape, jnp.float32, "cpu") == "fft"
+    out = jax.jit(jconv.apply).lower(p, x).compile().out_info
+    assert out.shape == x.shape

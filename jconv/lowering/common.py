@@ -69,6 +69,17 @@ def windows(x, kernel, spec: ConvSpec, fuse_pads: bool = False):
         yield t, xt
 
 
+BLOCK_BYTES = 4 << 20  # one block of the input: about what stays in cache
+
+
+def group_block(groups: int, per_group: int, budget: int = BLOCK_BYTES) -> int:
+    """The most groups, a divisor of ``groups``, whose ``per_group`` bytes each fit in
+    ``budget``; 1 when not even one group fits."""
+    return max(
+        [b for b in range(1, groups + 1) if groups % b == 0 and b * per_group <= budget] or [1]
+    )
+
+
 def accumulator(dtype):
     """The dtype sums run in: float32 or wider."""
     return jnp.promote_types(dtype, jnp.float32)

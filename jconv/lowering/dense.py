@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jconv.lowering import custom, subpixel, widened, xla
-from jconv.lowering.common import accumulator, out_spatial, windows
+from jconv.lowering.common import BLOCK_BYTES, accumulator, group_block, out_spatial, windows
 from jconv.lowering.spec import ConvSpec
 from jconv.lowering.xla import pad_trailing
 
@@ -78,9 +78,6 @@ def fft(x, w, spec: ConvSpec):
     )
 
 
-_FFT_BLOCK_BYTES = 4 << 20  # at most this much padded input per block, and half the input
-
-
 def _fft_blocked(x, w, spec: ConvSpec):
     """``_fft_conv`` over blocks of groups, one at a time: its padded input, spectra and
     product exist for one block only (8x96x56² 5x5 depthwise: temporary memory 2.4x
@@ -89,8 +86,8 @@ def _fft_blocked(x, w, spec: ConvSpec):
     per_in, mult = cin // g, cout // g
     padded = math.prod(_fft_size(p + lo + hi) for p, (lo, hi) in zip(x.shape[2:], spec.pads))
     per_group = batch * per_in * padded * jnp.dtype(accumulator(x.dtype)).itemsize
-    budget = min(_FFT_BLOCK_BYTES, max(x.size * x.dtype.itemsize // 2, per_group))
-    b = max(d for d in range(1, g + 1) if g % d == 0 and d * per_group <= budget)
+    # at most BLOCK_BYTES of padded input per block, and half the input
+    b = group_block(g, per_group, min(BLOCK_BYTES, max(x.size * x.dtype.itemsize // 2, per_group)))
     if b == g or g // b > 64:  # one block, or too many small ones
         return _fft_conv(x, w, spec)
     sub = spec._replace(groups=b)
