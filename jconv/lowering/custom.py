@@ -94,8 +94,7 @@ def transpose(linear: Fn, shape, dtype, ct: jax.Array) -> jax.Array:
     The vjp is taken at zeros that vary over the same ``shard_map`` axes as
     ``ct``, so the result is one device's, not summed over devices.
     """
-    zero = _vary(jnp.zeros(shape, dtype), _varying(jax.typeof(ct)))
-    return jax.vjp(linear, zero)[1](ct)[0]
+    return jax.vjp(linear, zeros(shape, dtype, ct))[1](ct)[0]
 
 
 def _in(ct, other, dtype, form: Fn) -> jax.Array:
