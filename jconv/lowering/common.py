@@ -19,6 +19,21 @@ def out_spatial(spatial, kernel, spec: ConvSpec) -> tuple[int, ...]:
     )
 
 
+def with_input_past(x_shape, kernel, spec: ConvSpec) -> ConvSpec:
+    """``spec`` of a forward conv with ``output_padding`` holding, per dimension, the
+    input rows past the last window: what the transposed conv of its output cotangent
+    (its input gradient) must add back to give the input's size. A forward conv has no
+    output padding of its own."""
+    out = out_spatial(x_shape[2:], kernel, spec)
+    past = tuple(
+        i + lo + hi - ((o - 1) * s + d * (k - 1) + 1)
+        for i, o, k, s, d, (lo, hi) in zip(
+            x_shape[2:], out, kernel, spec.stride, spec.dilation, spec.pads
+        )
+    )
+    return spec._replace(output_padding=past)
+
+
 def axis_window(size: int, start: int, step: int, out: int):
     """Slice of an unpadded axis and the zeros around it that give ``x_pad[start + step·q]``.
 

@@ -21,8 +21,14 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.lowering import widened
-from jconv.lowering.common import out_spatial
+from jconv.lowering import custom, widened, xla
+from jconv.lowering.common import (
+    BLOCK_BYTES,
+    flip_swap,
+    out_spatial,
+    transposed_spec,
+    with_input_past,
+)
 from jconv.lowering.spec import ConvSpec
 from jconv.lowering.xla import pad_trailing
 
@@ -54,8 +60,9 @@ def s2d(x, w, spec: ConvSpec):
     return widened.lowering(x, w, one)
 
 
-def fold(x, w, spec: ConvSpec):
-    """3-d conv of ``x`` (N, C, D, H, W) with ``w`` (O, C/g, kd, kh, kw) as one 2-d conv."""
+def _stacked(x, w, spec: ConvSpec):
+    """``fold`` in one piece: every depth tap's planes copied into channels at once
+    (the gradients of a grouped ``"fold"``, whose weight gradient has no blocked form)."""
     g = spec.groups
     batch, (cout, per_in, kd) = x.shape[0], w.shape[:3]
     (depth, *_), (d0, *dil), (s0, *stride) = (
@@ -69,8 +76,147 @@ def fold(x, w, spec: ConvSpec):
     ]  # each (N, C, D', H, W)
     z = jnp.stack(taps, axis=2).reshape(batch, g, per_in, kd, depth, *x.shape[3:])
     z = z.transpose(0, 4, 1, 3, 2, 5, 6).reshape(batch * depth, g * kd * per_in, *x.shape[3:])
-    w2 = w.swapaxes(1, 2).reshape(cout, kd * per_in, *w.shape[3:])
     plane = spec._replace(stride=tuple(stride), pads=spec.pads[1:], dilation=tuple(dil))
-    y = widened.lowering(z, w2, plane)  # (N·D', O, H', W')
+    y = widened.lowering(z, _plane_weight(w), plane)  # (N·D', O, H', W')
     y = y.reshape(batch, depth, cout, *y.shape[2:])
     return y.transpose(0, 2, 1, 3, 4)
+
+
+def _plane_weight(w):
+    """(O, C/g, kd, kh, kw) -> (O, kd·C/g, kh, kw): depth taps into input channels."""
+    return w.swapaxes(1, 2).reshape(w.shape[0], w.shape[2] * w.shape[1], *w.shape[3:])
+
+
+class _Blocks:
+    """Blocks of output depth planes, and the input planes each one reads."""
+
+    def __init__(self, x_shape, itemsize: int, kernel, spec: ConvSpec):
+        self.depth = out_spatial(x_shape[2:], kernel, spec)[0]
+        self.kd, self.d0, self.s0 = kernel[0], spec.dilation[0], spec.stride[0]
+        self.plane = spec._replace(
+            stride=spec.stride[1:], pads=spec.pads[1:], dilation=spec.dilation[1:]
+        )
+        # one folded output plane: every depth tap of one input plane, over the batch
+        plane = max(1, math.prod(x_shape[:2]) * self.kd * math.prod(x_shape[3:]) * itemsize)
+        budget = min(BLOCK_BYTES, math.prod(x_shape) * itemsize // 2)  # at most half the input
+        size = max(1, min(self.depth, budget // plane))
+        self.count = -(-self.depth // size)
+        self.size = -(-self.depth // self.count)  # the last block may overlap the one before
+        self.span = self.s0 * (self.size - 1) + self.d0 * (self.kd - 1) + 1
+
+    def start(self, i):
+        """The first output plane of block ``i`` (the last block ends at the last plane)."""
+        return jnp.minimum(i * self.size, self.depth - self.size)
+
+    def folded(self, xp, i, groups: int):
+        """Block ``i``'s input (N·planes, H, W, g·kd·C/g), from the depth-padded ``xp``."""
+        batch, cin = xp.shape[:2]
+        slab = lax.dynamic_slice_in_dim(xp, self.start(i) * self.s0, self.span, axis=2)
+        taps = [
+            lax.slice_in_dim(
+                slab, t * self.d0, t * self.d0 + self.s0 * (self.size - 1) + 1, self.s0, axis=2
+            )
+            for t in range(self.kd)
+        ]  # each (N, C, planes, H, W)
+        z = jnp.stack(taps, axis=2).reshape(
+            batch, groups, cin // groups, self.kd, self.size, *xp.shape[3:]
+        )
+        z = z.transpose(0, 4, 5, 6, 1, 3, 2)  # (N, planes, H, W, g, kd, C/g)
+        return z.reshape(batch * self.size, *xp.shape[3:], cin * self.kd)
+
+
+def _pad_depth(x, spec: ConvSpec):
+    return pad_trailing(x, [spec.pads[0], (0, 0), (0, 0)])
+
+
+def _fold_loop(x, w, spec: ConvSpec):
+    """The forward over blocks of output depth planes, each one channels-last 2-d conv
+    written into the output (N, O, D', H', W')."""
+    blocks = _Blocks(x.shape, x.dtype.itemsize, w.shape[2:], spec)
+    batch, cout = x.shape[0], w.shape[0]
+    w2 = _plane_weight(w).transpose(2, 3, 1, 0)  # (kh, kw, kd·C/g, O)
+    out = out_spatial(x.shape[2:], w.shape[2:], spec)
+    y = custom.zeros((batch, cout, *out), _result_type(x, spec), x, w)
+    if batch == 0:
+        return y
+    xp = _pad_depth(x, spec)
+
+    def body(i, y):
+        z = widened.conv_last(blocks.folded(xp, i, spec.groups), w2, blocks.plane)
+        z = z.reshape(batch, blocks.size, *z.shape[1:]).transpose(0, 4, 1, 2, 3)
+        return lax.dynamic_update_slice_in_dim(y, z.astype(y.dtype), blocks.start(i), axis=2)
+
+    return lax.fori_loop(0, blocks.count, body, y)
+
+
+def _result_type(x, spec: ConvSpec):
+    return jnp.dtype(spec.preferred_element_type or x.dtype)
+
+
+def _dx(w, dy, spec: ConvSpec):
+    """Input gradient: at stride 1 the same blocked conv of ``dy`` with the flipped
+    kernel; strided, the sub-pixel transposed conv (whose stride-1 conv is this one)."""
+    kernel = w.shape[2:]
+    if all(s == 1 for s in spec.stride):
+        return _fold_loop(dy, flip_swap(w, spec.groups), transposed_spec(spec, kernel))
+    from jconv.lowering import subpixel  # it folds its own 3-d convs through this module
+
+    # output_padding holds the input rows past the last window (``with_input_past``)
+    return subpixel.conv_transpose(dy, w, spec._replace(transposed=True))
+
+
+def _dw(x, dy, spec: ConvSpec, kernel):
+    """Weight gradient summed over the same blocks, each a channels-last 2-d one."""
+    if spec.groups > 1:
+        shape = (dy.shape[1], x.shape[1] // spec.groups, *kernel)
+        return custom.transpose(lambda v: _stacked(x, v, spec), shape, dy.dtype, dy)
+    blocks = _Blocks(x.shape, x.dtype.itemsize, kernel, spec)
+    batch, cout, plane = x.shape[0], dy.shape[1], blocks.plane
+    total = custom.zeros((kernel[1], kernel[2], x.shape[1] * blocks.kd, cout), jnp.float32, x, dy)
+    xp = _pad_depth(x, spec)
+    (_, h_out, w_out) = dy.shape[2:]
+
+    def body(i, total):
+        start = blocks.start(i)
+        z = blocks.folded(xp, i, 1)  # (B, H, W, kd·C)
+        g = lax.dynamic_slice_in_dim(dy, start, blocks.size, axis=2)
+        fresh = start + jnp.arange(blocks.size) >= i * blocks.size  # not in an earlier block
+        g = jnp.where(fresh[:, None, None], g, jnp.zeros((), g.dtype))
+        g = g.transpose(0, 2, 3, 4, 1).reshape(batch * blocks.size, h_out, w_out, cout)
+        # the input window each kernel tap meets: exactly (out − 1)·s + d·(k − 1) + 1 long
+        reach = [
+            (o - 1) * s + d * (k - 1) + 1
+            for o, s, d, k in zip((h_out, w_out), plane.stride, plane.dilation, kernel[1:])
+        ]
+        z = pad_trailing(
+            z.transpose(3, 1, 2, 0),  # (kd·C, H, W, B): channels as the batch
+            [(lo, r - lo - n) for (lo, _), r, n in zip(plane.pads, reach, z.shape[1:3])] + [(0, 0)],
+        )
+        part = lax.conv_general_dilated(
+            z,
+            g.transpose(1, 2, 0, 3),  # (H', W', B, O)
+            plane.dilation,
+            ((0, 0), (0, 0)),
+            rhs_dilation=plane.stride,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=spec.precision,
+            preferred_element_type=jnp.float32,
+        )  # (kd·C, kh, kw, O)
+        return total + part.transpose(1, 2, 0, 3)
+
+    total = lax.fori_loop(0, blocks.count, body, total) if batch else total
+    dw = total.transpose(3, 2, 0, 1).reshape(cout, blocks.kd, x.shape[1], *kernel[1:])
+    return dw.swapaxes(1, 2).astype(dy.dtype)
+
+
+custom.register("fold", _fold_loop, dx=_dx, dw=_dw)
+
+
+def fold(x, w, spec: ConvSpec):
+    """3-d conv of ``x`` (N, C, D, H, W) with ``w`` (O, C/g, kd, kh, kw) as 2-d convs
+    over blocks of output depth planes (XLA's own 3-d conv off CPU or when the input
+    may be split across devices)."""
+    if not spec.widen:
+        return _stacked(x, w, spec)
+    x, spec = xla.within_reach(x, w.shape[2:], spec)
+    return custom.bilinear("fold", x, w, with_input_past(x.shape, w.shape[2:], spec))

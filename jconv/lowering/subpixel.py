@@ -62,8 +62,9 @@ def _tap_index(kernel: tuple[int, ...], axes: list[_Axis]) -> np.ndarray:
     return index
 
 
-def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
-    """torch's transposed convolution of ``x`` (N, C_in, *sp) with ``w`` (C_in, C_out/g, *k)."""
+def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec, conv=None) -> jnp.ndarray:
+    """torch's transposed convolution of ``x`` (N, C_in, *sp) with ``w`` (C_in, C_out/g, *k);
+    ``conv(x, w, spec)`` runs its stride-1 convolution when given."""
     n, (batch, cin), kernel = x.ndim - 2, x.shape[:2], w.shape[2:]
     groups, per_group = spec.groups, w.shape[1]
     cout = per_group * groups
@@ -102,7 +103,9 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarra
         preferred_element_type=spec.preferred_element_type,
         widen=spec.widen,
     )
-    if n == 3 and spec.widen:  # a 3-d conv as one 2-d conv: XLA's 3-d weight gradient is slow
+    if conv is not None:
+        z = conv(x, sub, forward)
+    elif n == 3 and spec.widen:  # a 3-d conv as one 2-d conv: XLA's 3-d weight gradient is slow
         z = folded.fold(x, sub, forward)
     else:
         z = widened.lowering(x, sub, forward)  # (N, C_out·∏phases, *blocks)

@@ -23,13 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jconv.lowering import custom, xla
+from jconv.lowering import custom, subpixel, xla
 from jconv.lowering.common import (
     accumulator,
     flip_swap,
     group_block,
     transposed_spec,
     windows,
+    with_input_past,
 )
 from jconv.lowering.spec import ConvSpec
 from jconv.lowering.xla import pad_trailing
@@ -67,8 +68,16 @@ def _shift_dw(x, dy, spec: ConvSpec, kernel):
     return custom.transpose(lambda v: dense.pergroup(x, v, spec), shape, dy.dtype, dy)
 
 
+def _shift_strided_dx(w, dy, spec: ConvSpec):
+    """Input gradient of a strided shift conv: the sub-pixel transposed conv of ``dy``,
+    its stride-1 conv a shift conv (autodiff's transposes of the strided windows held
+    8x xla's temporary memory on a 3x3 stride-2 conv with 4 channels per group).
+    ``output_padding`` holds the input rows past the last window (``with_input_past``)."""
+    return subpixel.conv_transpose(dy, w, spec._replace(transposed=True), conv=shift_conv)
+
+
 custom.register("shift", shift_conv, dx=_shift_dx, dw=_shift_dw)
-custom.register("shift_strided", shift_conv, dw=_shift_dw)
+custom.register("shift_strided", shift_conv, dx=_shift_strided_dx, dw=_shift_dw)
 
 
 @jax.custom_jvp
@@ -89,8 +98,11 @@ _keep_loop_fusion.defjvp(lambda primals, tangents: (primals[0], tangents[0]))
 
 def shift(x, w, spec: ConvSpec):
     """The ``"shift"`` lowering; its input gradient (stride 1) is a shift conv too."""
-    form = "shift" if all(s == 1 for s in spec.stride) else "shift_strided"
-    return _keep_loop_fusion(custom.bilinear(form, x, w, spec))
+    if all(s == 1 for s in spec.stride):
+        return _keep_loop_fusion(custom.bilinear("shift", x, w, spec))
+    x, spec = xla.within_reach(x, w.shape[2:], spec)
+    spec = with_input_past(x.shape, w.shape[2:], spec)
+    return _keep_loop_fusion(custom.bilinear("shift_strided", x, w, spec))
 
 
 def depthwise_weight_grad(x, dy, kernel, spec: ConvSpec):

@@ -23,6 +23,7 @@ blocks; a larger layer keeps XLA's own weight gradient (compile time).
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 from jconv.lowering import custom, xla
 from jconv.lowering.common import accumulator, flip_swap, transposed_spec
@@ -42,25 +43,68 @@ def widen_axis(kernel, spec: ConvSpec) -> int | None:
     return max(room, key=room.get) if room else None
 
 
+def _widening(kernel, spatial, spec: ConvSpec):
+    """``(pads, axis, keep)``: the widened pads, the widened dimension and the crop
+    ``(lo, hi)`` (negative) of the output along it; None where nothing widens."""
+    axis = widen_axis(kernel, spec)
+    if axis is None:
+        return None
+    reach = spec.dilation[axis] * (kernel[axis] - 1)
+    lo, hi = spec.pads[axis]
+    if lo + hi > reach:  # already one output more than input
+        return None
+    wide = (lo, reach + 1 - lo) if lo >= 1 else (1, reach)
+    pads = list(spec.pads)
+    pads[axis] = wide
+    first = wide[0] - lo
+    size = spatial[axis] + lo + hi - reach  # the unwidened output (stride 1)
+    out = spatial[axis] + sum(wide) - reach
+    return tuple(pads), axis, (-first, -(out - first - size))
+
+
 def conv(x, w, spec: ConvSpec):
     """Forward conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, *k), widened where possible."""
     kernel = w.shape[2:]
     x, spec = xla.within_reach(x, kernel, spec)
-    axis = widen_axis(kernel, spec)
-    if axis is None:
+    widening = _widening(kernel, x.shape[2:], spec)
+    if widening is None:
         return xla.conv(x, w, spec)
-    reach = spec.dilation[axis] * (kernel[axis] - 1)
-    lo, hi = spec.pads[axis]
-    if lo + hi > reach:  # already one output more than input
-        return xla.conv(x, w, spec)
-    wide = (lo, reach + 1 - lo) if lo >= 1 else (1, reach)
-    pads = list(spec.pads)
-    pads[axis] = wide
-    y = xla.conv(x, w, spec._replace(pads=tuple(pads)))
-    first = wide[0] - lo
-    size = x.shape[2 + axis] + lo + hi - reach  # the unwidened output (stride 1)
+    pads, axis, crop = widening
+    y = xla.conv(x, w, spec._replace(pads=pads))
     keep = [(0, 0)] * len(kernel)
-    keep[axis] = (-first, -(y.shape[2 + axis] - first - size))
+    keep[axis] = crop
+    return xla.pad_trailing(y, keep)
+
+
+def conv_last(x, w, spec: ConvSpec):
+    """Forward conv of channels-last ``x`` (N, *sp, C) with ``w`` (*k, C/g, O), widened
+    where possible; (N, *sp', O).
+
+    XLA's CPU backend runs a convolution inside a loop's body in the layout it is
+    written in, and an NCHW one there ran 20x slower than outside the loop
+    (64x96x16² 3x3 -> 32: 231 against 11 ms); a channels-last one runs as fast.
+    """
+    n = x.ndim - 2
+    kernel = w.shape[:n]
+    sp = "DHW"[3 - n :]
+    numbers = ("N" + sp + "C", sp + "IO", "N" + sp + "C")
+    widening = _widening(kernel, x.shape[1:-1], spec) if spec.widen else None
+    pads = spec.pads if widening is None else widening[0]
+    y = lax.conv_general_dilated(
+        x,
+        w,
+        spec.stride,
+        pads,
+        rhs_dilation=spec.dilation,
+        dimension_numbers=numbers,
+        feature_group_count=spec.groups,
+        precision=spec.precision,
+        preferred_element_type=spec.preferred_element_type,
+    )
+    if widening is None:
+        return y
+    keep = [(0, 0)] * (n + 1)
+    keep[widening[1]] = widening[2]
     return xla.pad_trailing(y, keep)
 
 
