@@ -93,6 +93,7 @@ class _Blocks:
     def __init__(self, x_shape, itemsize: int, kernel, spec: ConvSpec):
         self.depth = out_spatial(x_shape[2:], kernel, spec)[0]
         self.kd, self.d0, self.s0 = kernel[0], spec.dilation[0], spec.stride[0]
+        self.lo, self.hi = spec.pads[0]
         self.plane = spec._replace(
             stride=spec.stride[1:], pads=spec.pads[1:], dilation=spec.dilation[1:]
         )
@@ -108,10 +109,26 @@ class _Blocks:
         """The first output plane of block ``i`` (the last block ends at the last plane)."""
         return jnp.minimum(i * self.size, self.depth - self.size)
 
-    def folded(self, xp, i, groups: int):
-        """Block ``i``'s input (N·planes, H, W, g·kd·C/g), from the depth-padded ``xp``."""
-        batch, cin = xp.shape[:2]
-        slab = lax.dynamic_slice_in_dim(xp, self.start(i) * self.s0, self.span, axis=2)
+    def slab(self, x, i):
+        """The input planes block ``i`` reads, (N, C, span, H, W), zeros past either
+        end of depth: a block-sized slice, so the input is never padded whole."""
+        size, first = x.shape[2], self.start(i) * self.s0 - self.lo
+        if self.span > size:  # one block reads more planes than there are
+            xp = pad_trailing(x, [(self.lo, self.span), (0, 0), (0, 0)])
+            return lax.dynamic_slice_in_dim(xp, first + self.lo, self.span, axis=2)
+        at = jnp.clip(first, 0, size - self.span)
+        raw = pad_trailing(
+            lax.dynamic_slice_in_dim(x, at, self.span, axis=2), [(self.lo, self.hi), (0, 0), (0, 0)]
+        )
+        slab = lax.dynamic_slice_in_dim(raw, first - at + self.lo, self.span, axis=2)
+        planes = first + jnp.arange(self.span)
+        inside = (planes >= 0) & (planes < size)
+        return jnp.where(inside[:, None, None], slab, jnp.zeros((), slab.dtype))
+
+    def folded(self, x, i, groups: int):
+        """Block ``i``'s input (N·planes, H, W, g·kd·C/g), depth taps in the channels."""
+        batch, cin = x.shape[:2]
+        slab = self.slab(x, i)
         taps = [
             lax.slice_in_dim(
                 slab, t * self.d0, t * self.d0 + self.s0 * (self.size - 1) + 1, self.s0, axis=2
@@ -119,14 +136,10 @@ class _Blocks:
             for t in range(self.kd)
         ]  # each (N, C, planes, H, W)
         z = jnp.stack(taps, axis=2).reshape(
-            batch, groups, cin // groups, self.kd, self.size, *xp.shape[3:]
+            batch, groups, cin // groups, self.kd, self.size, *x.shape[3:]
         )
         z = z.transpose(0, 4, 5, 6, 1, 3, 2)  # (N, planes, H, W, g, kd, C/g)
-        return z.reshape(batch * self.size, *xp.shape[3:], cin * self.kd)
-
-
-def _pad_depth(x, spec: ConvSpec):
-    return pad_trailing(x, [spec.pads[0], (0, 0), (0, 0)])
+        return z.reshape(batch * self.size, *x.shape[3:], cin * self.kd)
 
 
 def _fold_loop(x, w, spec: ConvSpec):
@@ -139,10 +152,9 @@ def _fold_loop(x, w, spec: ConvSpec):
     y = custom.zeros((batch, cout, *out), _result_type(x, spec), x, w)
     if batch == 0:
         return y
-    xp = _pad_depth(x, spec)
 
     def body(i, y):
-        z = widened.conv_last(blocks.folded(xp, i, spec.groups), w2, blocks.plane)
+        z = widened.conv_last(blocks.folded(x, i, spec.groups), w2, blocks.plane)
         z = z.reshape(batch, blocks.size, *z.shape[1:]).transpose(0, 4, 1, 2, 3)
         return lax.dynamic_update_slice_in_dim(y, z.astype(y.dtype), blocks.start(i), axis=2)
 
@@ -173,12 +185,11 @@ def _dw(x, dy, spec: ConvSpec, kernel):
     blocks = _Blocks(x.shape, x.dtype.itemsize, kernel, spec)
     batch, cout, plane = x.shape[0], dy.shape[1], blocks.plane
     total = custom.zeros((kernel[1], kernel[2], x.shape[1] * blocks.kd, cout), jnp.float32, x, dy)
-    xp = _pad_depth(x, spec)
     (_, h_out, w_out) = dy.shape[2:]
 
     def body(i, total):
         start = blocks.start(i)
-        z = blocks.folded(xp, i, 1)  # (B, H, W, kd·C)
+        z = blocks.folded(x, i, 1)  # (B, H, W, kd·C)
         g = lax.dynamic_slice_in_dim(dy, start, blocks.size, axis=2)
         fresh = start + jnp.arange(blocks.size) >= i * blocks.size  # not in an earlier block
         g = jnp.where(fresh[:, None, None], g, jnp.zeros((), g.dtype))

@@ -90,12 +90,14 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec, conv=None) ->
 
     # The input window: crop where the kept blocks need less than the full input,
     # zero-pad where they need more. Padding explicitly keeps XLA's CPU weight
-    # gradient on its fast path (a conv padded by its kernel size or more is not).
-    x = jnp.pad(x[(..., *(a.keep for a in axes))], ((0, 0), (0, 0), *(a.zeros for a in axes)))
+    # gradient on its fast path (a conv padded by its kernel size or more is not);
+    # the other stride-1 forms pad as they go (a padded copy of a large input is
+    # memory the blocked ``"fold"`` never needs).
+    x = x[(..., *(a.keep for a in axes))]
     forward = ConvSpec(
         transposed=False,
         stride=(1,) * n,
-        pads=((0, 0),) * n,
+        pads=tuple(a.zeros for a in axes),
         dilation=tuple(a.dilation for a in axes),
         groups=groups,
         output_padding=(0,) * n,
@@ -105,10 +107,12 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec, conv=None) ->
     )
     if conv is not None:
         z = conv(x, sub, forward)
-    elif n == 3 and spec.widen:  # a 3-d conv as one 2-d conv: XLA's 3-d weight gradient is slow
+    elif n == 3 and spec.widen:  # a 3-d conv as 2-d convs: XLA's 3-d weight gradient is slow
         z = folded.fold(x, sub, forward)
     else:
-        z = widened.lowering(x, sub, forward)  # (N, C_out·∏phases, *blocks)
+        x = jnp.pad(x, ((0, 0), (0, 0), *forward.pads))
+        z = widened.lowering(x, sub, forward._replace(pads=((0, 0),) * n))
+    # (N, C_out·∏phases, *blocks)
 
     # Depth-to-space: (N, C_out, *phases, *blocks) -> (N, C_out, b0, p0, b1, p1, ...).
     blocks = [a.blocks for a in axes]
