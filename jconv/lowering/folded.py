@@ -99,7 +99,7 @@ class _Blocks:
         )
         # one folded output plane: every depth tap of one input plane, over the batch
         plane = max(1, math.prod(x_shape[:2]) * self.kd * math.prod(x_shape[3:]) * itemsize)
-        budget = min(BLOCK_BYTES, math.prod(x_shape) * itemsize // 2)  # at most half the input
+        budget = min(BLOCK_BYTES, math.prod(x_shape) * itemsize)  # at most the input
         size = max(1, min(self.depth, budget // plane))
         self.count = -(-self.depth // size)
         self.size = -(-self.depth // self.count)  # the last block may overlap the one before
