@@ -5,12 +5,16 @@
   ``X'[(c, r), m] = x[c, s·m + r]``, by the kernel ``w'[o, (c, r), j] = w[o, c, s·j + r]``
   (zero past the kernel's end). Strided stems (7×7, stride 2, three channels)
   become 4×4 stride-1 convolutions over twelve channels, run ``"widened"``.
-* ``"fold"``: a 3-d convolution as one 2-d convolution whose channels also hold
+* ``"fold"``: a 3-d convolution as 2-d convolutions whose channels also hold
   the kernel's depth taps, ``X'[(n, z), (t, c)] = x[n, c, s·z + d·t]``, with the
-  depth folded into the batch. The 2-d convolution runs ``"widened"`` (plain XLA
-  off CPU or when the input may be split across devices).
+  depth folded into the batch. On CPU (and an unsplit input) it runs over blocks
+  of output depth planes, each block's input at most the input's size (4 MiB at
+  most), so its temporaries stay near XLA's own (copying every tap at once held
+  3x them); each block is one channels-last 2-d conv, widened as in
+  ``"widened"``, and the weight gradient is summed over the same blocks. Elsewhere
+  it is one plain XLA 2-d convolution.
 
-Both only move data and add exact zeros around one XLA convolution, so their
+``"s2d"`` only moves data and adds exact zeros around one XLA convolution, so its
 gradients are that convolution's (crash guard included).
 """
 
