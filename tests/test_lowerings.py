@@ -57,6 +57,14 @@ SMALL = [
     ("subpixel", jconv.ConvTranspose2d(4, 6, 3, stride=2, padding=(1, 0), groups=2), (1, 4, 3, 4)),
     ("widened", jconv.Conv2d(3, 4, (3, 2), padding=(1, 0), dilation=(1, 2)), (2, 3, 5, 6)),
     ("widened", jconv.Conv2d(2, 4, 3, stride=(2, 1), padding=((0, 2), (1, 1))), (1, 2, 6, 5)),
+    # blocked fold, ungrouped and strided: weight gradient by convolutions, input
+    # gradient by sub-pixel; a 3-d sub-pixel one: weight gradient by matrix products
+    ("fold", jconv.Conv3d(3, 4, 3, stride=(2, 2, 1), padding=1), (2, 3, 5, 6, 4)),
+    (
+        "subpixel",
+        jconv.ConvTranspose3d(3, 2, 3, stride=2, padding=1, output_padding=1),
+        (1, 3, 3, 4, 3),
+    ),
 ]
 
 

@@ -31,6 +31,7 @@ from jconv.lowering.common import (
     flip_swap,
     out_spatial,
     transposed_spec,
+    windows,
     with_input_past,
 )
 from jconv.lowering.spec import ConvSpec
@@ -94,7 +95,7 @@ def _plane_weight(w):
 class _Blocks:
     """Blocks of output depth planes, and the input planes each one reads."""
 
-    def __init__(self, x_shape, itemsize: int, kernel, spec: ConvSpec):
+    def __init__(self, x_shape, itemsize: int, kernel, spec: ConvSpec, copies: int = 1):
         self.depth = out_spatial(x_shape[2:], kernel, spec)[0]
         self.kd, self.d0, self.s0 = kernel[0], spec.dilation[0], spec.stride[0]
         self.lo, self.hi = spec.pads[0]
@@ -103,7 +104,8 @@ class _Blocks:
         )
         # one folded output plane: every depth tap of one input plane, over the batch
         plane = max(1, math.prod(x_shape[:2]) * self.kd * math.prod(x_shape[3:]) * itemsize)
-        budget = min(BLOCK_BYTES, math.prod(x_shape) * itemsize)  # at most the input
+        # at most the input, over the copies of its block a form makes
+        budget = min(BLOCK_BYTES, math.prod(x_shape) * itemsize) // copies
         size = max(1, min(self.depth, budget // plane))
         self.count = -(-self.depth // size)
         self.size = -(-self.depth // self.count)  # the last block may overlap the one before
@@ -132,6 +134,18 @@ class _Blocks:
     def folded(self, x, i, groups: int):
         """Block ``i``'s input (N·planes, H, W, g·kd·C/g), depth taps in the channels."""
         batch, cin = x.shape[:2]
+        z = self._taps(x, i).reshape(batch, groups, cin // groups, self.kd, self.size, *x.shape[3:])
+        z = z.transpose(0, 4, 5, 6, 1, 3, 2)  # (N, planes, H, W, g, kd, C/g)
+        return z.reshape(batch * self.size, *x.shape[3:], cin * self.kd)
+
+    def folded_first(self, x, i):
+        """Block ``i``'s input with the channels first, (kd·C, N·planes, H, W) (ungrouped)."""
+        batch, cin = x.shape[:2]
+        z = self._taps(x, i).transpose(2, 1, 0, 3, 4, 5)  # (kd, C, N, planes, H, W)
+        return z.reshape(self.kd * cin, batch * self.size, *x.shape[3:])
+
+    def _taps(self, x, i):
+        """(N, C, kd, planes, H, W): each depth tap's planes of block ``i``."""
         slab = self.slab(x, i)
         taps = [
             lax.slice_in_dim(
@@ -139,11 +153,7 @@ class _Blocks:
             )
             for t in range(self.kd)
         ]  # each (N, C, planes, H, W)
-        z = jnp.stack(taps, axis=2).reshape(
-            batch, groups, cin // groups, self.kd, self.size, *x.shape[3:]
-        )
-        z = z.transpose(0, 4, 5, 6, 1, 3, 2)  # (N, planes, H, W, g, kd, C/g)
-        return z.reshape(batch * self.size, *x.shape[3:], cin * self.kd)
+        return jnp.stack(taps, axis=2)
 
 
 def _fold_loop(x, w, spec: ConvSpec):
@@ -182,22 +192,38 @@ def _dx(w, dy, spec: ConvSpec):
 
 
 def _dw(x, dy, spec: ConvSpec, kernel):
-    """Weight gradient summed over the same blocks, each a channels-last 2-d one."""
+    """Weight gradient summed over the blocks of depth planes."""
     if spec.groups > 1:
         shape = (dy.shape[1], x.shape[1] // spec.groups, *kernel)
         return custom.transpose(lambda v: _stacked(x, v, spec), shape, dy.dtype, dy)
-    blocks = _Blocks(x.shape, x.dtype.itemsize, kernel, spec)
-    batch, cout, plane = x.shape[0], dy.shape[1], blocks.plane
-    total = custom.zeros((kernel[1], kernel[2], x.shape[1] * blocks.kd, cout), jnp.float32, x, dy)
-    (_, h_out, w_out) = dy.shape[2:]
+    # XLA's CPU backend swaps the operands of a weight-gradient convolution whose
+    # cotangent outgrows its input (a sub-pixel block's 17 rows against 16); the
+    # swapped form ran 27x slower (ConvTranspose3d(32, 16) on 2x32x16³: 187 against
+    # 7 ms). There each kernel tap's window is a matrix product instead (8.2 against
+    # 3.2 MB of temporaries on 4x32x16³ -> 32, 1.1x slower).
+    swaps = any(o > i for o, i in zip(dy.shape[3:], x.shape[3:]))
+    blocks = _Blocks(x.shape, x.dtype.itemsize, kernel, spec, copies=2 if swaps else 1)
+    batch, cout, folded = x.shape[0], dy.shape[1], x.shape[1] * blocks.kd
+    plane, (_, h_out, w_out) = blocks.plane, dy.shape[2:]
+    taps = kernel[1] * kernel[2]
 
-    def body(i, total):
-        start = blocks.start(i)
+    def by_products(i, g):
+        z = blocks.folded_first(x, i)  # (kd·C, B, H, W)
+        g = g.reshape(-1, cout)
+        parts = [
+            lax.dot_general(
+                window.reshape(folded, -1),
+                g,
+                (((1,), (0,)), ((), ())),
+                precision=spec.precision,
+                preferred_element_type=jnp.float32,
+            )
+            for _, window in windows(z, kernel[1:], plane)
+        ]  # each (kd·C, O)
+        return jnp.concatenate(parts)
+
+    def by_conv(i, g):
         z = blocks.folded(x, i, 1)  # (B, H, W, kd·C)
-        g = lax.dynamic_slice_in_dim(dy, start, blocks.size, axis=2)
-        fresh = start + jnp.arange(blocks.size) >= i * blocks.size  # not in an earlier block
-        g = jnp.where(fresh[:, None, None], g, jnp.zeros((), g.dtype))
-        g = g.transpose(0, 2, 3, 4, 1).reshape(batch * blocks.size, h_out, w_out, cout)
         # the input window each kernel tap meets: exactly (out − 1)·s + d·(k − 1) + 1 long
         reach = [
             (o - 1) * s + d * (k - 1) + 1
@@ -217,11 +243,20 @@ def _dw(x, dy, spec: ConvSpec, kernel):
             precision=spec.precision,
             preferred_element_type=jnp.float32,
         )  # (kd·C, kh, kw, O)
-        return total + part.transpose(1, 2, 0, 3)
+        return part.transpose(1, 2, 0, 3).reshape(taps * folded, cout)
 
+    def body(i, total):
+        start = blocks.start(i)
+        g = lax.dynamic_slice_in_dim(dy, start, blocks.size, axis=2)
+        fresh = start + jnp.arange(blocks.size) >= i * blocks.size  # not in an earlier block
+        g = jnp.where(fresh[:, None, None], g, jnp.zeros((), g.dtype))
+        g = g.transpose(0, 2, 3, 4, 1).reshape(-1, h_out, w_out, cout)  # (N·planes, H', W', O)
+        return total + (by_products if swaps else by_conv)(i, g)
+
+    total = custom.zeros((taps * folded, cout), jnp.float32, x, dy)
     total = lax.fori_loop(0, blocks.count, body, total) if batch else total
-    dw = total.transpose(3, 2, 0, 1).reshape(cout, blocks.kd, x.shape[1], *kernel[1:])
-    return dw.swapaxes(1, 2).astype(dy.dtype)
+    dw = total.reshape(*kernel[1:], blocks.kd, x.shape[1], cout).transpose(4, 3, 2, 0, 1)
+    return dw.astype(dy.dtype)
 
 
 custom.register("fold", _fold_loop, dx=_dx, dw=_dw)
