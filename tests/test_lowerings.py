@@ -339,38 +339,66 @@ def test_planner_keeps_small_batches_and_broadcast_heavy_1x1_on_xla():
 
 
 @pytest.mark.parametrize(
-    "cfg, shape, mode",
+    "cfg, shape, mode, dtype",
     [
         # fft forward, run over blocks of groups (unblocked: 2.4x xla's temporaries)
-        (jconv.Conv2d(96, 96, 5, padding=2, groups=96), (8, 96, 56, 56), "forward"),
-        (jconv.Conv2d(384, 384, 7, padding=3, groups=384), (8, 384, 14, 14), "forward"),
+        (jconv.Conv2d(96, 96, 5, padding=2, groups=96), (8, 96, 56, 56), "forward", "float32"),
+        (jconv.Conv2d(384, 384, 7, padding=3, groups=384), (8, 384, 14, 14), "forward", "float32"),
         # subpixel gradients at batch 8: widened's ragged batch block (was 2.2x)
-        (jconv.ConvTranspose1d(256, 128, 8, stride=4, padding=2), (8, 256, 2000), "train"),
-        (jconv.ConvTranspose2d(64, 32, 3, stride=2, padding=1), (8, 64, 56, 56), "train"),
+        (
+            jconv.ConvTranspose1d(256, 128, 8, stride=4, padding=2),
+            (8, 256, 2000),
+            "train",
+            "float32",
+        ),
+        (
+            jconv.ConvTranspose2d(64, 32, 3, stride=2, padding=1),
+            (8, 64, 56, 56),
+            "train",
+            "float32",
+        ),
         # fold over blocks of depth planes, never a padded copy (stacked whole: 3x)
-        (jconv.Conv3d(32, 32, 3, padding=1), (4, 32, 16, 16, 16), "forward"),
-        (jconv.Conv3d(32, 32, 3, padding=1), (4, 32, 16, 16, 16), "train"),
-        (jconv.Conv3d(32, 64, 3, stride=2, padding=1), (2, 32, 32, 32, 32), "train"),
+        (jconv.Conv3d(32, 32, 3, padding=1), (4, 32, 16, 16, 16), "forward", "float32"),
+        (jconv.Conv3d(32, 32, 3, padding=1), (4, 32, 16, 16, 16), "train", "float32"),
+        (jconv.Conv3d(32, 64, 3, stride=2, padding=1), (2, 32, 32, 32, 32), "train", "float32"),
         # jax#31662's layer, smaller: sub-pixel through the blocked fold (was 6.6x)
-        (jconv.ConvTranspose3d(64, 1, 3, stride=2, padding=1), (1, 64, 32, 32, 32), "train"),
+        (
+            jconv.ConvTranspose3d(64, 1, 3, stride=2, padding=1),
+            (1, 64, 32, 32, 32),
+            "train",
+            "float32",
+        ),
+        # bfloat16: blocks sized for the float32 copies XLA's CPU convolves in (was 2.2x)
+        (
+            jconv.ConvTranspose3d(64, 1, 3, stride=2, padding=1),
+            (1, 64, 32, 32, 32),
+            "forward",
+            "bfloat16",
+        ),
         # strided grouped shift: sub-pixel input gradient (autodiff's: 7.4x)
-        (jconv.Conv2d(128, 128, 3, stride=2, padding=1, groups=32), (8, 128, 28, 28), "train"),
+        (
+            jconv.Conv2d(128, 128, 3, stride=2, padding=1, groups=32),
+            (8, 128, 28, 28),
+            "train",
+            "float32",
+        ),
     ],
 )
-def test_planned_lowering_needs_at_most_twice_xlas_temporary_memory(cfg, shape, mode):
+def test_planned_lowering_needs_at_most_twice_xlas_temporary_memory(cfg, shape, mode, dtype):
     """Compiled temporaries (not time) of the planner's choice against ``"xla"``."""
     from jconv.lowering.tune import temp_bytes
 
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    x = jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
     used = {}
     for name in ("auto", "xla"):
-        p = jconv.init(jax.random.key(0), dataclasses.replace(cfg, algorithm=name))
+        forced = dataclasses.replace(cfg, algorithm=name, dtype=jnp.dtype(dtype))
+        p = jconv.init(jax.random.key(0), forced)
         if mode == "forward":
             f = jax.jit(lambda p, x: jconv.apply(p, x))
         else:
             f = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(jconv.apply(p, x))), argnums=(0, 1)))
         used[name] = temp_bytes(f.lower(p, x).compile())
-    assert plan(cfg, shape, jnp.float32, "cpu") != "xla"
+    assert plan(cfg, shape, jnp.dtype(dtype), "cpu") != "xla"
     assert used["auto"] <= 2 * used["xla"], used
 
 

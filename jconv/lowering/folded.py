@@ -102,8 +102,10 @@ class _Blocks:
         self.plane = spec._replace(
             stride=spec.stride[1:], pads=spec.pads[1:], dilation=spec.dilation[1:]
         )
-        # one folded output plane: every depth tap of one input plane, over the batch
-        plane = max(1, math.prod(x_shape[:2]) * self.kd * math.prod(x_shape[3:]) * itemsize)
+        # one folded output plane: every depth tap of one input plane, over the batch,
+        # counted in float32 (XLA's CPU backend converts narrower convolutions to it)
+        wide = max(itemsize, 4)
+        plane = max(1, math.prod(x_shape[:2]) * self.kd * math.prod(x_shape[3:]) * wide)
         # at most the input, over the copies of its block a form makes
         budget = min(BLOCK_BYTES, math.prod(x_shape) * itemsize) // copies
         size = max(1, min(self.depth, budget // plane))
