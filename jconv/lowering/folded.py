@@ -25,7 +25,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from jconv.lowering import custom, widened, xla
+from jconv.lowering import custom, phases, widened, xla
 from jconv.lowering.common import (
     BLOCK_BYTES,
     flip_swap,
@@ -187,10 +187,8 @@ def _dx(w, dy, spec: ConvSpec):
     kernel = w.shape[2:]
     if all(s == 1 for s in spec.stride):
         return _fold_loop(dy, flip_swap(w, spec.groups), transposed_spec(spec, kernel))
-    from jconv.lowering import subpixel  # it folds its own 3-d convs through this module
-
     # output_padding holds the input rows past the last window (``with_input_past``)
-    return subpixel.conv_transpose(dy, w, spec._replace(transposed=True))
+    return phases.conv_transpose(dy, w, spec._replace(transposed=True), fold)
 
 
 def _dw(x, dy, spec: ConvSpec, kernel):

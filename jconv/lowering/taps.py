@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jconv.lowering import custom, subpixel, xla
+from jconv.lowering import custom, phases, xla
 from jconv.lowering.common import (
     accumulator,
     flip_swap,
@@ -73,7 +73,7 @@ def _shift_strided_dx(w, dy, spec: ConvSpec):
     its stride-1 conv a shift conv (autodiff's transposes of the strided windows held
     8x xla's temporary memory on a 3x3 stride-2 conv with 4 channels per group).
     ``output_padding`` holds the input rows past the last window (``with_input_past``)."""
-    return subpixel.conv_transpose(dy, w, spec._replace(transposed=True), conv=shift_conv)
+    return phases.conv_transpose(dy, w, spec._replace(transposed=True), shift_conv)
 
 
 custom.register("shift", shift_conv, dx=_shift_dx, dw=_shift_dw)
