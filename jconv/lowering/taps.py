@@ -72,12 +72,15 @@ def _shift_strided_dx(w, dy, spec: ConvSpec):
     """Input gradient of a strided shift conv: the sub-pixel transposed conv of ``dy``,
     its stride-1 conv a shift conv (autodiff's transposes of the strided windows held
     8x xla's temporary memory on a 3x3 stride-2 conv with 4 channels per group).
-    ``output_padding`` holds the input rows past the last window (``with_input_past``)."""
+    ``output_padding`` holds the input rows past the last window (``with_input_past``).
+    Only where ``spec.widen`` (CPU, input on one device): its depth-to-space interleave
+    would gather a height-split input, which autodiff's transposes keep local."""
     return phases.conv_transpose(dy, w, spec._replace(transposed=True), shift_conv)
 
 
 custom.register("shift", shift_conv, dx=_shift_dx, dw=_shift_dw)
 custom.register("shift_strided", shift_conv, dx=_shift_strided_dx, dw=_shift_dw)
+custom.register("shift_strided_split", shift_conv, dw=_shift_dw)
 
 
 @jax.custom_jvp
@@ -100,6 +103,8 @@ def shift(x, w, spec: ConvSpec):
     """The ``"shift"`` lowering; its input gradient (stride 1) is a shift conv too."""
     if all(s == 1 for s in spec.stride):
         return _keep_loop_fusion(custom.bilinear("shift", x, w, spec))
+    if not spec.widen:
+        return _keep_loop_fusion(custom.bilinear("shift_strided_split", x, w, spec))
     x, spec = xla.within_reach(x, w.shape[2:], spec)
     spec = with_input_past(x.shape, w.shape[2:], spec)
     return _keep_loop_fusion(custom.bilinear("shift_strided", x, w, spec))
