@@ -54,7 +54,7 @@ def plan(
       ``"pergroup"`` beyond in 1-d and 2-d (3-d: xla; pergroup 0.70x, 4.9x memory);
     * dense 3-d: ``"fold"`` (``"xla"`` when split in space);
     * dense 2-d float32 with more than 16 channels in or out, at least 8 in
-      both, dilation at most 2, a stride-1 dimension to widen and a batch of 16
+      both, no dilation, a stride-1 dimension to widen and a batch of 16
       or more, on one device: ``"widened"`` (its weight gradient runs over
       blocks of the batch: at batch 1 to 8 the grid measured 0.10-0.71x xla's
       forward+backward and up to 15x its memory; at 32, 1.22x);
@@ -128,8 +128,8 @@ def _widens(cfg: Any, dtype: Any) -> bool:
         max(cfg.in_channels, cfg.out_channels) > FEATURES
         and min(cfg.in_channels, cfg.out_channels) >= 8
     )  # 1 -> 32 on 8x128²: forward+backward 0.35x xla's
-    if max(cfg.dilation) > 2:  # 3x3 dilation 4 on 8x128x28²: 0.59x
-        return False
+    if max(cfg.dilation) > 1:  # 3x3 dilation 2 on 16x64x32²: forward 1.65x xla's but
+        return False  # forward+backward 0.87x and 0.91x (two grid runs); dilation 4: 0.59x
     strided = [
         s > 1 or d * (k - 1) == 0 for k, s, d in zip(cfg.kernel_size, cfg.stride, cfg.dilation)
     ]
