@@ -66,8 +66,9 @@ def s2d(x, w, spec: ConvSpec):
 
 
 def _stacked(x, w, spec: ConvSpec):
-    """``fold`` in one piece: every depth tap's planes copied into channels at once
-    (the gradients of a grouped ``"fold"``, whose weight gradient has no blocked form)."""
+    """``fold`` in one piece: every depth tap's planes copied into channels at once, one
+    2-d conv (off CPU or for a possibly split input, and the weight gradient of a grouped
+    ``"fold"``, which has no blocked form)."""
     g = spec.groups
     batch, (cout, per_in, kd) = x.shape[0], w.shape[:3]
     (depth, *_), (d0, *dil), (s0, *stride) = (
@@ -264,8 +265,8 @@ custom.register("fold", _fold_loop, dx=_dx, dw=_dw)
 
 def fold(x, w, spec: ConvSpec):
     """3-d conv of ``x`` (N, C, D, H, W) with ``w`` (O, C/g, kd, kh, kw) as 2-d convs
-    over blocks of output depth planes (XLA's own 3-d conv off CPU or when the input
-    may be split across devices)."""
+    over blocks of output depth planes (one plain XLA 2-d conv, ``_stacked``, off CPU or
+    when the input may be split across devices)."""
     if not spec.widen:
         return _stacked(x, w, spec)
     x, spec = xla.within_reach(x, w.shape[2:], spec)
