@@ -65,6 +65,13 @@ SMALL = [
         jconv.ConvTranspose3d(3, 2, 3, stride=2, padding=1, output_padding=1),
         (1, 3, 3, 4, 3),
     ),
+    # kernels a multiple of the stride: the sub-pixel forward (padded inside XLA's conv)
+    (
+        "subpixel",
+        jconv.ConvTranspose2d(3, 2, 4, stride=2, padding=(1, 2), output_padding=(1, 0)),
+        (2, 3, 3, 4),
+    ),
+    ("subpixel", jconv.ConvTranspose1d(2, 3, 6, stride=3, padding=2), (1, 2, 5)),
 ]
 
 

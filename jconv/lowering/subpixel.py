@@ -22,8 +22,19 @@ def _stride1(x, w, spec: ConvSpec):
 
 
 def conv_transpose(x, w, spec: ConvSpec):
-    """torch's transposed convolution of ``x`` by the sub-pixel form."""
+    """torch's transposed convolution of ``x`` by the sub-pixel form (the weight
+    gradient's: padded first, widened)."""
     return phases.conv_transpose(x, w, spec, _stride1)
+
+
+def _forward(x, w, spec: ConvSpec):
+    """The sub-pixel forward. In 1-d and 2-d its stride-1 conv is XLA's, padded inside
+    the convolution: over 38 4x4 stride-2 layers (batch 1–16, 4² to 32²) that ran
+    1.0–1.3x faster than padding first and widening (one process, interleaved,
+    9 rounds), which only the weight gradient needs."""
+    if x.ndim == 5:
+        return conv_transpose(x, w, spec)
+    return phases.conv_transpose(x, w, spec, xla.conv)
 
 
 def _forward_spec(spec: ConvSpec) -> ConvSpec:
@@ -45,7 +56,7 @@ def _dx(w, dy, spec: ConvSpec):
 
 
 custom.register("subpixel", xla.conv_transpose, dx=_dx, dw=_dw)
-custom.register("subpixel_even", conv_transpose, dx=_dx, dw=_dw)
+custom.register("subpixel_even", _forward, dx=_dx, dw=_dw)
 
 
 def lowering(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
