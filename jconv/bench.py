@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jconv.lowering.tune import sampler
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -101,13 +103,7 @@ def plain_lax(case: Case) -> Callable:
 
 
 def _timer(fn: Callable, *args) -> Callable[[], float]:
-    def once() -> float:
-        jax.block_until_ready(fn(*args))  # untimed: the first call after another
-        t = time.perf_counter()  # layer's pays for its cache misses and page faults
-        jax.block_until_ready(fn(*args))
-        return time.perf_counter() - t
-
-    return once
+    return sampler(lambda: jax.block_until_ready(fn(*args)))
 
 
 def compile_pair(f: Callable, x, w, b, gy):
@@ -170,16 +166,7 @@ def _torch_pair(case: Case, x, w, b, gy, dtype: str):
         xt.grad = wt.grad = bt.grad = None
         op(xt, wt, bt, **kw).backward(gt)
 
-    def timed(fn):
-        def once():
-            fn()
-            t = time.perf_counter()
-            fn()
-            return time.perf_counter() - t
-
-        return once
-
-    return timed(fwd), timed(both)
+    return sampler(fwd), sampler(both)
 
 
 def matmul_peak(dtype, n: int = 2048, repeat: int = 5) -> float:
@@ -391,6 +378,12 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="the wide grid (jconv.grid): auto against xla and torch, time and memory; "
         "--cases then takes name prefixes (dense3x3, depthwise, ...); writes grid.json/.png",
+    )
+    parser.add_argument(
+        "--tuned",
+        action="store_true",
+        help="--grid: also time jconv.autotune's choices (forward tuned for inference, "
+        "forward+backward for training) against xla",
     )
     parser.add_argument(
         "--models",

@@ -32,8 +32,8 @@ def fresh(monkeypatch, tmp_path):
 def _rigged(winner: str):
     """A stand-in for ``tune.measure`` under which ``winner`` is fastest."""
 
-    def measure(cfg, *args):
-        return {"ms": 1.0 if cfg.algorithm == winner else 10.0, "temp_bytes": 0}
+    def measure(cfgs, *args):
+        return {n: {"ms": 1.0 if n == winner else 10.0, "temp_bytes": 0} for n in cfgs}, {}
 
     return measure
 
@@ -115,9 +115,14 @@ def test_real_timing_reports_every_candidate_and_its_memory():
 
 
 def test_the_memory_cap_keeps_a_hungry_lowering_out(monkeypatch):
-    def measure(cfg, *args):
-        hungry = cfg.algorithm == "shift"
-        return {"ms": 1.0 if hungry else 10.0, "temp_bytes": (100 if hungry else 1) << 20}
+    def measure(cfgs, *args):
+        return {
+            n: {
+                "ms": 1.0 if n == "shift" else 10.0,
+                "temp_bytes": (100 if n == "shift" else 1) << 20,
+            }
+            for n in cfgs
+        }, {}
 
     monkeypatch.setattr(tune, "measure", measure)
     cfg = jconv.Conv2d(8, 8, 3, padding=1, groups=8)

@@ -14,7 +14,8 @@ What it does, per new key:
   only for depthwise kernels of 9 taps or more, ...; see :func:`candidates`);
 * each is compiled and timed on random inputs of the call's shape and dtype,
   forward+backward (input, weight and bias gradients) by default, or forward
-  only with ``mode="forward"``; medians of a few runs after a warm-up;
+  only with ``mode="forward"``: all compiled first, then timed in interleaved
+  rounds in shuffled order after a warm-up, medians;
 * among those whose compiled temporary memory is at most ``memory_cap`` times
   xla's, the fastest wins; ``xla`` unless another is faster by more than 3%.
 
@@ -42,6 +43,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -283,35 +285,78 @@ def _program(cfg: Any, x_shape, x_dtype, w_dtype, mode: str, forward):
     return jax.jit(train), (w, b, x)
 
 
+SAMPLE_S = 0.02  # one timed sample lasts about this long: single ms-scale calls are noisy
+
+
+def sampler(call: Callable[[], object]) -> Callable[[], float]:
+    """A timer of ``call()`` (which blocks until done): seconds per call.
+
+    Each sample follows one untimed call (the first call after another layer's pays
+    for its cache misses and page faults) and times enough back-to-back calls to
+    last about ``SAMPLE_S``; the first sample sets that count. Identical programs
+    timed one call per sample measured 0.67–1.24x of each other on the grid
+    (``python -m jconv bench --grid``).
+    """
+    calls = 0
+
+    def once() -> float:
+        nonlocal calls
+        call()
+        t = time.perf_counter()
+        for _ in range(calls or 1):
+            call()
+        seconds = (time.perf_counter() - t) / (calls or 1)
+        calls = calls or max(1, min(100, round(SAMPLE_S / max(seconds, 1e-6))))
+        return seconds
+
+    return once
+
+
 def temp_bytes(compiled) -> int:
     """A compiled program's temporary memory (0 where the backend does not say)."""
     analysis = compiled.memory_analysis()
     return int(getattr(analysis, "temp_size_in_bytes", 0) or 0) if analysis is not None else 0
 
 
-def measure(cfg: Any, x_shape, x_dtype, w_dtype, mode: str, repeat: int, forward) -> dict:
-    """Milliseconds (median) and compiled temporary bytes of ``cfg``'s forced lowering."""
-    fn, args = _program(cfg, x_shape, x_dtype, w_dtype, mode, forward)
-    compiled = fn.lower(*args).compile()
-    temp = temp_bytes(compiled)
-    jax.block_until_ready(compiled(*args))
-    times, budget = [], time.perf_counter() + 2.0
-    while len(times) < repeat and (len(times) < 2 or time.perf_counter() < budget):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return {"ms": 1e3 * float(np.median(times)), "temp_bytes": temp}
+def measure(
+    cfgs: dict[str, Any], x_shape, x_dtype, w_dtype, mode: str, repeat: int, forward
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Each forced lowering's milliseconds (median) and compiled temporary bytes, and
+    the ones that failed to build (name: error).
+
+    All are compiled first, then timed in interleaved rounds (each round in a new
+    order), so that a slow spell of the machine falls on all of them alike; at least
+    2 rounds, up to ``repeat`` within about 2 seconds per candidate.
+    """
+    built, failed = {}, {}
+    for name, cfg in cfgs.items():
+        try:
+            fn, args = _program(cfg, x_shape, x_dtype, w_dtype, mode, forward)
+            compiled = fn.lower(*args).compile()
+            once = sampler(lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
+            once()  # warm-up, and how many calls a sample times
+            built[name] = (once, temp_bytes(compiled))
+        except Exception as err:  # a candidate that fails to build is not chosen
+            failed[name] = f"{type(err).__name__}: {err}"[:200]
+    names, times = list(built), {name: [] for name in built}
+    order = np.random.default_rng(0)
+    budget = time.perf_counter() + 2.0 * len(built)
+    for round_ in range(repeat):
+        if round_ >= 2 and time.perf_counter() > budget:
+            break
+        for i in order.permutation(len(names)):
+            times[names[i]].append(built[names[i]][0]())
+    results = {
+        name: {"ms": 1e3 * float(np.median(times[name])), "temp_bytes": built[name][1]}
+        for name in built
+    }
+    return results, failed
 
 
 def _tune(cfg: Any, x_shape, x_dtype, w_dtype, s: Settings, forward) -> dict:
     start = time.perf_counter()
-    results, failed = {}, {}
-    for name in candidates(cfg):
-        forced = dataclasses.replace(cfg, algorithm=name)
-        try:
-            results[name] = measure(forced, x_shape, x_dtype, w_dtype, s.mode, s.repeat, forward)
-        except Exception as err:  # a candidate that fails to build is not chosen
-            failed[name] = f"{type(err).__name__}: {err}"[:200]
+    cfgs = {name: dataclasses.replace(cfg, algorithm=name) for name in candidates(cfg)}
+    results, failed = measure(cfgs, x_shape, x_dtype, w_dtype, s.mode, s.repeat, forward)
     base = results["xla"]
     cap = s.memory_cap * max(base["temp_bytes"], 1 << 20)  # a floor for tiny programs
     best = "xla"
