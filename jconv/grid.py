@@ -229,7 +229,32 @@ def _compiled(f, x, w, b, gy):
     return timers, {"forward": temp_bytes(fwd), "forward_backward": temp_bytes(fb)}, seconds
 
 
-def run_grid_case(case: Case, dtype: str, repeat: int) -> dict:
+def _tuned(f, x, w, b, gy):
+    """Timers of ``f``'s forward tuned for inference and forward+backward tuned for
+    training (``jconv.autotune``, choices kept in memory only), their temp bytes,
+    compile seconds, and what the tuner chose and spent."""
+    import jconv
+    from jconv.lowering import tune
+
+    done = len(tune.report())
+    with jconv.autotune(mode="forward", cache=False):
+        fwd, _, seconds_f = compile_pair(f, x, w, b, gy)
+    with jconv.autotune(mode="train", cache=False):
+        _, fb, seconds_t = compile_pair(f, x, w, b, gy)
+    timers = (_timer(fwd, x, w, b), _timer(fb, x, w, b, gy))
+    memory = {"forward": temp_bytes(fwd), "forward_backward": temp_bytes(fb)}
+    tuned = {
+        json.loads(entry["key"])[4]: {  # the key's mode: "forward" or "train"
+            "algorithm": entry["algorithm"],
+            "seconds": entry["seconds"],
+            "ms": {n: r["ms"] for n, r in entry["results"].items()},
+        }
+        for entry in tune.report()[done:]
+    }
+    return timers, memory, seconds_f + seconds_t, tuned
+
+
+def run_grid_case(case: Case, dtype: str, repeat: int, tuned: bool = False) -> dict:
     import jconv
     from jconv.lowering import plan
 
@@ -247,12 +272,17 @@ def run_grid_case(case: Case, dtype: str, repeat: int) -> dict:
             return jconv.apply(jconv.Params(w, b, forced), x)
 
         timers[name], memory[name], compile_s[name] = _compiled(f, x, w, b, gy)
+    choices = {}
+    if tuned:
+        timers["tuned"], memory["tuned"], compile_s["tuned"], choices = _tuned(
+            lambda x, w, b: jconv.apply(jconv.Params(w, b, cfg), x), x, w, b, gy
+        )
     torch_pair = _torch_pair(case, x, w, b, gy, dtype)
     if torch_pair is not None:
         timers["torch"] = torch_pair
     ms = interleaved(timers, repeat)
     modes = ("forward", "forward_backward")
-    return {
+    row = {
         "case": dataclasses.asdict(case),
         "dtype": dtype,
         "lowering": plan(cfg, x.shape, jdtype, jax.default_backend(), jax.device_count()),
@@ -266,6 +296,13 @@ def run_grid_case(case: Case, dtype: str, repeat: int) -> dict:
         else {},
         "memory_vs_xla": {m: memory["auto"][m] / max(memory["xla"][m], 1) for m in modes},
     }
+    if tuned:
+        row["tuned"] = choices
+        row["tuned_vs_xla"] = {m: ms["xla"][m] / ms["tuned"][m] for m in modes}
+        row["tuned_memory_vs_xla"] = {
+            m: memory["tuned"][m] / max(memory["xla"][m], 1) for m in modes
+        }
+    return row
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -290,6 +327,20 @@ def summarize(rows: list[dict]) -> dict:
         for m in modes
         if r["memory_vs_xla"][m] > 2 and r["temp_bytes"]["auto"][m] > (1 << 20)
     ]
+    tuned = [r for r in rows if "tuned" in r]
+    if tuned:
+        for m in modes:
+            out[f"tuned_vs_xla_{m}_geomean"] = geomean([r["tuned_vs_xla"][m] for r in tuned])
+            out[f"tuned_vs_xla_{m}_min"] = min(r["tuned_vs_xla"][m] for r in tuned)
+        mode_of = {"forward": "forward", "forward_backward": "train"}
+        out["tuned_slower_than_xla"] = [
+            f"{r['case']['name']} ({r['tuned'][mode_of[m]]['algorithm']}, {m}: "
+            f"{r['tuned_vs_xla'][m]:.2f}x)"
+            for r in tuned
+            for m in modes
+            if r["tuned_vs_xla"][m] < 1.0
+        ]
+        out["tuning_seconds"] = sum(t["seconds"] for r in tuned for t in r["tuned"].values())
     return out
 
 
@@ -332,16 +383,23 @@ def run(args) -> int:
     progress = Progress(len(picked))
     rows = []
     for case, dtype in picked:
-        rows.append(run_grid_case(case, dtype, args.repeat))
+        rows.append(run_grid_case(case, dtype, args.repeat, tuned=args.tuned))
         progress.step(case.name)
     summary = summarize(rows)
     for r in rows:
         a, m = r["auto_vs_xla"], r["memory_vs_xla"]
-        print(
+        line = (
             f"{r['case']['name']:22s} {r['dtype']:8s} {r['lowering']:9s} "
             f"fwd {a['forward']:5.2f}x f+b {a['forward_backward']:5.2f}x vs xla, "
             f"memory {m['forward']:5.1f}x/{m['forward_backward']:5.1f}x"
         )
+        if "tuned" in r:
+            t, c = r["tuned_vs_xla"], r["tuned"]
+            line += (
+                f"; tuned {c['forward']['algorithm']}/{c['train']['algorithm']} "
+                f"fwd {t['forward']:5.2f}x f+b {t['forward_backward']:5.2f}x"
+            )
+        print(line)
     print(json.dumps(summary, indent=1))
     report = {"repeat": args.repeat, "summary": summary, "rows": rows}
     write_report(args.out, "grid", report, lambda path: chart(rows, path))

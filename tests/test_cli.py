@@ -106,6 +106,26 @@ def test_grid_reports_auto_against_xla_with_memory(tmp_path, capsys):
     assert main(["bench", "--grid", "--cases", "nope"]) == 2
 
 
+def test_grid_times_the_autotuners_choices(tmp_path, capsys, monkeypatch):
+    """``--tuned``: each mode's choice (one of its candidates), its cost and its ratio."""
+    from jconv.lowering import tune
+
+    monkeypatch.setattr(tune, "_memory", {})
+    monkeypatch.setattr(tune, "_report", [])
+    args = ["bench", "--grid", "--tuned", "--cases", "pointwise:0", "--repeat", "1"]
+    assert main([*args, "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "grid.json").read_text())
+    (row,) = report["rows"]
+    assert set(row["tuned"]) == {"forward", "train"}
+    for choice in row["tuned"].values():
+        assert choice["algorithm"] in choice["ms"] and "xla" in choice["ms"]
+        assert choice["seconds"] > 0
+    assert row["tuned_vs_xla"]["forward"] > 0 and row["temp_bytes"]["tuned"]["forward"] >= 0
+    assert report["summary"]["tuning_seconds"] > 0
+    assert "tuned_slower_than_xla" in report["summary"]
+    assert tune.settings().enabled is False  # tuning stayed inside the grid's blocks
+
+
 def test_bench_rejects_an_unknown_case():
     assert main(["bench", "--cases", "resnet3x3,nope"]) == 2
 
