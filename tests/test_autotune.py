@@ -49,6 +49,10 @@ CASES = [  # (config, input shape): one per family, with the lowerings that fit 
 ]
 
 
+def _forward(cfg, w, b, x):
+    return jconv.apply(jconv.Params(w, b, cfg), x)
+
+
 def _run(params, x):
     y, vjp = jax.vjp(lambda p, x: jconv.apply(p, x), params, x)
     return y, vjp(jnp.ones_like(y))
@@ -112,6 +116,17 @@ def test_real_timing_reports_every_candidate_and_its_memory():
     assert set(entry["results"]) == set(tune.candidates(cfg))
     assert all(r["ms"] > 0 and r["temp_bytes"] >= 0 for r in entry["results"].values())
     assert entry["algorithm"] in entry["results"] and entry["seconds"] > 0
+
+
+def test_the_training_program_takes_a_random_cotangent():
+    """A constant cotangent let XLA simplify some lowerings' backward away (a 1x1
+    conv's ``"shift"`` timed 34x faster than it runs), so it is an argument."""
+    cfg = jconv.Conv2d(4, 6, 3, stride=2)
+    fn, args = tune._program(cfg, (2, 4, 9, 9), jnp.float32, jnp.float32, "train", _forward)
+    gy = args[-1]
+    assert gy.shape == (2, 6, 4, 4) and float(jnp.std(gy)) > 0.5
+    grads = fn(*args)
+    assert [g.shape for g in grads] == [(6, 4, 3, 3), (6,), (2, 4, 9, 9)]
 
 
 def test_the_memory_cap_keeps_a_hungry_lowering_out(monkeypatch):
