@@ -14,6 +14,7 @@ where ``auto`` is slower than 0.95x ``xla`` or needs more than 2x its memory.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -222,17 +223,28 @@ GRID_BF16 = tuple(
 GRID = tuple((c, "float32") for c in GRID_F32) + tuple((c, "bfloat16") for c in GRID_BF16)
 
 
-def _compiled(f, x, w, b, gy):
-    """Timers of ``f(x, w, b)``'s forward and forward+backward, their temp bytes, seconds."""
-    fwd, fb, seconds = compile_pair(f, x, w, b, gy)
+def _facts(fwd, fb, x, w, b, gy):
+    """Timers of a compiled forward and forward+backward, their temp bytes, and a
+    digest of each compiled program (equal digests: the very same program)."""
     timers = (_timer(fwd, x, w, b), _timer(fb, x, w, b, gy))
-    return timers, {"forward": temp_bytes(fwd), "forward_backward": temp_bytes(fb)}, seconds
+    memory = {"forward": temp_bytes(fwd), "forward_backward": temp_bytes(fb)}
+    digest = {
+        m: hashlib.sha256(c.as_text().encode()).hexdigest()[:16]
+        for m, c in (("forward", fwd), ("forward_backward", fb))
+    }
+    return timers, memory, digest
+
+
+def _compiled(f, x, w, b, gy):
+    """:func:`_facts` of ``f(x, w, b)``'s forward and forward+backward, compile seconds."""
+    fwd, fb, seconds = compile_pair(f, x, w, b, gy)
+    return *_facts(fwd, fb, x, w, b, gy), seconds
 
 
 def _tuned(f, x, w, b, gy):
-    """Timers of ``f``'s forward tuned for inference and forward+backward tuned for
-    training (``jconv.autotune``, choices kept in memory only), their temp bytes,
-    compile seconds, and what the tuner chose and spent."""
+    """:func:`_facts` of ``f``'s forward tuned for inference and forward+backward tuned
+    for training (``jconv.autotune``, choices kept in memory only), compile seconds,
+    and what the tuner chose and spent."""
     import jconv
     from jconv.lowering import tune
 
@@ -241,8 +253,6 @@ def _tuned(f, x, w, b, gy):
         fwd, _, seconds_f = compile_pair(f, x, w, b, gy)
     with jconv.autotune(mode="train", cache=False):
         _, fb, seconds_t = compile_pair(f, x, w, b, gy)
-    timers = (_timer(fwd, x, w, b), _timer(fb, x, w, b, gy))
-    memory = {"forward": temp_bytes(fwd), "forward_backward": temp_bytes(fb)}
     tuned = {
         json.loads(entry["key"])[4]: {  # the key's mode: "forward" or "train"
             "algorithm": entry["algorithm"],
@@ -251,7 +261,7 @@ def _tuned(f, x, w, b, gy):
         }
         for entry in tune.report()[done:]
     }
-    return timers, memory, seconds_f + seconds_t, tuned
+    return *_facts(fwd, fb, x, w, b, gy), seconds_f + seconds_t, tuned
 
 
 def run_grid_case(case: Case, dtype: str, repeat: int, tuned: bool = False) -> dict:
@@ -264,17 +274,17 @@ def run_grid_case(case: Case, dtype: str, repeat: int, tuned: bool = False) -> d
     x = jax.random.normal(jax.random.key(1), case.input_shape, jdtype)
     gy = jax.random.normal(jax.random.key(2), jconv.output_shape(cfg, x.shape), jdtype)
     w, b = params.weight, params.bias
-    timers, memory, compile_s = {}, {}, {}
+    timers, memory, digest, compile_s = {}, {}, {}, {}
     for name in ("auto", "xla"):
         forced = dataclasses.replace(cfg, algorithm=name)
 
         def f(x, w, b, forced=forced):
             return jconv.apply(jconv.Params(w, b, forced), x)
 
-        timers[name], memory[name], compile_s[name] = _compiled(f, x, w, b, gy)
+        timers[name], memory[name], digest[name], compile_s[name] = _compiled(f, x, w, b, gy)
     choices = {}
     if tuned:
-        timers["tuned"], memory["tuned"], compile_s["tuned"], choices = _tuned(
+        timers["tuned"], memory["tuned"], digest["tuned"], compile_s["tuned"], choices = _tuned(
             lambda x, w, b: jconv.apply(jconv.Params(w, b, cfg), x), x, w, b, gy
         )
     torch_pair = _torch_pair(case, x, w, b, gy, dtype)
@@ -295,6 +305,12 @@ def run_grid_case(case: Case, dtype: str, repeat: int, tuned: bool = False) -> d
         if "torch" in ms
         else {},
         "memory_vs_xla": {m: memory["auto"][m] / max(memory["xla"][m], 1) for m in modes},
+        # the same compiled program as xla's: its ratio to xla's only measures noise
+        "same_program_as_xla": {
+            name: {m: digest[name][m] == digest["xla"][m] for m in modes}
+            for name in digest
+            if name != "xla"
+        },
     }
     if tuned:
         row["tuned"] = choices
@@ -315,11 +331,27 @@ def summarize(rows: list[dict]) -> dict:
         if torch_rows:
             out[f"auto_vs_torch_{m}_geomean"] = geomean(torch_rows)
         out[f"memory_vs_xla_{m}_max"] = max(r["memory_vs_xla"][m] for r in rows)
+    # Where a program is xla's own, its measured ratio is noise: those give the
+    # noise's range and are left out of the lists of losses.
+    same = [
+        (r, name, m)
+        for r in rows
+        for name, by_mode in r.get("same_program_as_xla", {}).items()
+        for m in modes
+        if by_mode[m]
+    ]
+    ratios = [r[f"{name}_vs_xla"][m] for r, name, m in same]
+    out["same_program_as_xla"] = len(same)
+    out["same_program_ratio_range"] = [min(ratios), max(ratios)] if ratios else []
+
+    def differs(r, name, m):
+        return not r.get("same_program_as_xla", {}).get(name, {}).get(m, False)
+
     out["slower_than_0.95_xla"] = [
         f"{r['case']['name']} ({r['lowering']}, {m}: {r['auto_vs_xla'][m]:.2f}x)"
         for r in rows
         for m in modes
-        if r["auto_vs_xla"][m] < 0.95
+        if r["auto_vs_xla"][m] < 0.95 and differs(r, "auto", m)
     ]
     out["over_2x_xla_memory"] = [
         f"{r['case']['name']} ({r['lowering']}, {m}: {r['memory_vs_xla'][m]:.1f}x)"
@@ -338,7 +370,7 @@ def summarize(rows: list[dict]) -> dict:
             f"{r['tuned_vs_xla'][m]:.2f}x)"
             for r in tuned
             for m in modes
-            if r["tuned_vs_xla"][m] < 1.0
+            if r["tuned_vs_xla"][m] < 1.0 and differs(r, "tuned", m)
         ]
         out["tuning_seconds"] = sum(t["seconds"] for r in tuned for t in r["tuned"].values())
     return out

@@ -121,6 +121,9 @@ def test_grid_times_the_autotuners_choices(tmp_path, capsys, monkeypatch):
         assert choice["algorithm"] in choice["ms"] and "xla" in choice["ms"]
         assert choice["seconds"] > 0
     assert row["tuned_vs_xla"]["forward"] > 0 and row["temp_bytes"]["tuned"]["forward"] >= 0
+    same = row["same_program_as_xla"]  # a choice of xla compiles to xla's very program
+    assert set(same) == {"auto", "tuned"}
+    assert same["tuned"]["forward"] == (row["tuned"]["forward"]["algorithm"] == "xla")
     assert report["summary"]["tuning_seconds"] > 0
     assert "tuned_slower_than_xla" in report["summary"]
     assert tune.settings().enabled is False  # tuning stayed inside the grid's blocks
