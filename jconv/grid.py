@@ -33,7 +33,7 @@ from jconv.bench import (
     interleaved,
     write_report,
 )
-from jconv.lowering.tune import temp_bytes
+from jconv.lowering.tune import program_text, temp_bytes
 
 
 def _family(prefix: str, specs) -> list[Case]:
@@ -229,7 +229,7 @@ def _facts(fwd, fb, x, w, b, gy):
     timers = (_timer(fwd, x, w, b), _timer(fb, x, w, b, gy))
     memory = {"forward": temp_bytes(fwd), "forward_backward": temp_bytes(fb)}
     digest = {
-        m: hashlib.sha256(c.as_text().encode()).hexdigest()[:16]
+        m: hashlib.sha256(program_text(c).encode()).hexdigest()[:16]
         for m, c in (("forward", fwd), ("forward_backward", fb))
     }
     return timers, memory, digest

@@ -33,7 +33,7 @@ def _rigged(winner: str):
     """A stand-in for ``tune.measure`` under which ``winner`` is fastest."""
 
     def measure(cfgs, *args):
-        return {n: {"ms": 1.0 if n == winner else 10.0, "temp_bytes": 0} for n in cfgs}, {}
+        return {n: {"ms": 1.0 if n == winner else 10.0, "temp_bytes": 0} for n in cfgs}, {}, []
 
     return measure
 
@@ -113,7 +113,7 @@ def test_real_timing_reports_every_candidate_and_its_memory():
         jconv.apply(params, x)
         jconv.apply(params, x)  # the second call finds the choice in memory
     (entry,) = tune.report()
-    assert set(entry["results"]) == set(tune.candidates(cfg))
+    assert set(entry["results"]) | set(entry["same_as_xla"]) == set(tune.candidates(cfg))
     assert all(r["ms"] > 0 and r["temp_bytes"] >= 0 for r in entry["results"].values())
     assert entry["algorithm"] in entry["results"] and entry["seconds"] > 0
 
@@ -125,19 +125,35 @@ def test_the_training_program_takes_a_random_cotangent():
     fn, args = tune._program(cfg, (2, 4, 9, 9), jnp.float32, jnp.float32, "train", _forward)
     gy = args[-1]
     assert gy.shape == (2, 6, 4, 4) and float(jnp.std(gy)) > 0.5
-    grads = fn(*args)
+    y, grads = fn(*args)  # the output too: it is live in a training step
+    assert y.shape == gy.shape
     assert [g.shape for g in grads] == [(6, 4, 3, 3), (6,), (2, 4, 9, 9)]
+
+
+def test_a_lowering_that_compiles_to_xlas_program_is_not_timed():
+    """``"tapgrad"``'s forward is XLA's: in inference tuning it is xla, untimed."""
+    cfg = jconv.Conv2d(4, 4, 3, stride=2, padding=1)
+    params, x = jconv.init(jax.random.key(0), cfg), jnp.ones((2, 4, 9, 9))
+    with jconv.autotune(mode="forward", repeat=2, cache=False):
+        jconv.apply(params, x)
+    (entry,) = tune.report()
+    assert "tapgrad" in entry["same_as_xla"] and "tapgrad" not in entry["results"]
+    assert "xla" in entry["results"] and entry["algorithm"] != "tapgrad"
 
 
 def test_the_memory_cap_keeps_a_hungry_lowering_out(monkeypatch):
     def measure(cfgs, *args):
-        return {
-            n: {
-                "ms": 1.0 if n == "shift" else 10.0,
-                "temp_bytes": (100 if n == "shift" else 1) << 20,
-            }
-            for n in cfgs
-        }, {}
+        return (
+            {
+                n: {
+                    "ms": 1.0 if n == "shift" else 10.0,
+                    "temp_bytes": (100 if n == "shift" else 1) << 20,
+                }
+                for n in cfgs
+            },
+            {},
+            [],
+        )
 
     monkeypatch.setattr(tune, "measure", measure)
     cfg = jconv.Conv2d(8, 8, 3, padding=1, groups=8)

@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -268,7 +269,9 @@ def _program(cfg: Any, x_shape, x_dtype, w_dtype, mode: str, forward):
     """The jitted program that a call runs (``forward(cfg, w, b, x)``), and random
     arguments for it.
 
-    The training program's output cotangent is a random argument too: with a constant
+    The training program returns the output and the gradients (the output is live
+    until the next layer reads it, and with it a 4x4 stride-2 ``"subpixel"`` layer
+    at batch 1 needs 1.5x xla's temporaries, 2.03x without). Its output cotangent is a random argument too: with a constant
     one (``ones_like``) XLA simplified the backward of some lowerings and not others
     (a 1x1 conv's ``"shift"`` timed 0.42 ms in tuning, 13.9 ms with a real cotangent).
     """
@@ -286,9 +289,9 @@ def _program(cfg: Any, x_shape, x_dtype, w_dtype, mode: str, forward):
     out = jax.eval_shape(run, w, b, x)
     gy = jnp.asarray(rs.standard_normal(out.shape), out.dtype)
 
-    def train(w, b, x, gy):
-        _, vjp = jax.vjp(run, w, b, x)
-        return vjp(gy)
+    def train(w, b, x, gy):  # forward+backward, as the grid measures it
+        y, vjp = jax.vjp(run, w, b, x)
+        return y, vjp(gy)
 
     return jax.jit(train), (w, b, x, gy)
 
@@ -320,6 +323,15 @@ def sampler(call: Callable[[], object]) -> Callable[[], float]:
     return once
 
 
+def program_text(compiled) -> str:
+    """A compiled program's HLO without its header, metadata or source locations:
+    two lowerings with the same text run the very same program."""
+    text = re.sub(r", metadata=\{[^}]*\}", "", compiled.as_text())
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"(%|ENTRY)", line)), 0)
+    return "\n".join(lines[start:])
+
+
 def temp_bytes(compiled) -> int:
     """A compiled program's temporary memory (0 where the backend does not say)."""
     analysis = compiled.memory_analysis()
@@ -328,24 +340,31 @@ def temp_bytes(compiled) -> int:
 
 def measure(
     cfgs: dict[str, Any], x_shape, x_dtype, w_dtype, mode: str, repeat: int, forward
-) -> tuple[dict[str, dict], dict[str, str]]:
-    """Each forced lowering's milliseconds (median) and compiled temporary bytes, and
-    the ones that failed to build (name: error).
+) -> tuple[dict[str, dict], dict[str, str], list[str]]:
+    """Each forced lowering's milliseconds (median) and compiled temporary bytes, the
+    ones that failed to build (name: error) and those that compiled to ``"xla"``'s
+    very program (not timed: e.g. ``"tapgrad"``'s forward is XLA's).
 
     All are compiled first, then timed in interleaved rounds (each round in a new
     order), so that a slow spell of the machine falls on all of them alike; at least
     2 rounds, up to ``repeat`` within about 2 seconds per candidate.
     """
-    built, failed = {}, {}
+    built, failed, texts = {}, {}, {}
     for name, cfg in cfgs.items():
         try:
             fn, args = _program(cfg, x_shape, x_dtype, w_dtype, mode, forward)
             compiled = fn.lower(*args).compile()
+            texts[name] = program_text(compiled)
+            built[name] = (compiled, args)
+        except Exception as err:  # a candidate that fails to build is not chosen
+            failed[name] = f"{type(err).__name__}: {err}"[:200]
+    same = [n for n in built if n != "xla" and texts[n] == texts.get("xla")]
+    for name in list(built):
+        compiled, args = built.pop(name)
+        if name not in same:
             once = sampler(lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
             once()  # warm-up, and how many calls a sample times
             built[name] = (once, temp_bytes(compiled))
-        except Exception as err:  # a candidate that fails to build is not chosen
-            failed[name] = f"{type(err).__name__}: {err}"[:200]
     names, times = list(built), {name: [] for name in built}
     order = np.random.default_rng(0)
     budget = time.perf_counter() + 2.0 * len(built)
@@ -358,13 +377,13 @@ def measure(
         name: {"ms": 1e3 * float(np.median(times[name])), "temp_bytes": built[name][1]}
         for name in built
     }
-    return results, failed
+    return results, failed, same
 
 
 def _tune(cfg: Any, x_shape, x_dtype, w_dtype, s: Settings, forward) -> dict:
     start = time.perf_counter()
     cfgs = {name: dataclasses.replace(cfg, algorithm=name) for name in candidates(cfg)}
-    results, failed = measure(cfgs, x_shape, x_dtype, w_dtype, s.mode, s.repeat, forward)
+    results, failed, same = measure(cfgs, x_shape, x_dtype, w_dtype, s.mode, s.repeat, forward)
     base = results["xla"]
     cap = s.memory_cap * max(base["temp_bytes"], 1 << 20)  # a floor for tiny programs
     best = "xla"
@@ -375,6 +394,7 @@ def _tune(cfg: Any, x_shape, x_dtype, w_dtype, s: Settings, forward) -> dict:
         "algorithm": best,
         "results": results,
         "failed": failed,
+        "same_as_xla": same,
         "seconds": round(time.perf_counter() - start, 3),
     }
 
