@@ -139,6 +139,7 @@ def test_a_lowering_that_compiles_to_xlas_program_is_not_timed():
     (entry,) = tune.report()
     assert "tapgrad" in entry["same_as_xla"] and "tapgrad" not in entry["results"]
     assert "xla" in entry["results"] and entry["algorithm"] != "tapgrad"
+    assert "s2d" in entry["results"]  # a program of its own (space-to-depth): timed
 
 
 def test_the_memory_cap_keeps_a_hungry_lowering_out(monkeypatch):

@@ -271,9 +271,10 @@ def _program(cfg: Any, x_shape, x_dtype, w_dtype, mode: str, forward):
 
     The training program returns the output and the gradients (the output is live
     until the next layer reads it, and with it a 4x4 stride-2 ``"subpixel"`` layer
-    at batch 1 needs 1.5x xla's temporaries, 2.03x without). Its output cotangent is a random argument too: with a constant
-    one (``ones_like``) XLA simplified the backward of some lowerings and not others
-    (a 1x1 conv's ``"shift"`` timed 0.42 ms in tuning, 13.9 ms with a real cotangent).
+    at batch 1 needs 1.5x xla's temporaries, 2.03x without). Its output cotangent
+    is a random argument too: with a constant one (``ones_like``) XLA simplified
+    the backward of some lowerings and not others (a 1x1 conv's ``"shift"`` timed
+    0.42 ms in tuning, 13.9 ms with a real cotangent).
     """
     rs = np.random.RandomState(0)
     x = jnp.asarray(rs.standard_normal(x_shape), x_dtype)
