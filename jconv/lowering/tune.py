@@ -360,23 +360,24 @@ def measure(
         except Exception as err:  # a candidate that fails to build is not chosen
             failed[name] = f"{type(err).__name__}: {err}"[:200]
     same = [n for n in built if n != "xla" and texts[n] == texts.get("xla")]
-    for name in list(built):
-        compiled, args = built.pop(name)
-        if name not in same:
-            once = sampler(lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
-            once()  # warm-up, and how many calls a sample times
-            built[name] = (once, temp_bytes(compiled))
-    names, times = list(built), {name: [] for name in built}
+    timers = {
+        name: sampler(lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
+        for name, (compiled, args) in built.items()
+        if name not in same
+    }
+    for once in timers.values():
+        once()  # warm-up, and how many calls a sample times
+    names, times = list(timers), {name: [] for name in timers}
     order = np.random.default_rng(0)
-    budget = time.perf_counter() + 2.0 * len(built)
+    budget = time.perf_counter() + 2.0 * len(timers)
     for round_ in range(repeat):
         if round_ >= 2 and time.perf_counter() > budget:
             break
         for i in order.permutation(len(names)):
-            times[names[i]].append(built[names[i]][0]())
+            times[names[i]].append(timers[names[i]]())
     results = {
-        name: {"ms": 1e3 * float(np.median(times[name])), "temp_bytes": built[name][1]}
-        for name in built
+        name: {"ms": 1e3 * float(np.median(times[name])), "temp_bytes": temp_bytes(built[name][0])}
+        for name in timers
     }
     return results, failed, same
 
