@@ -168,7 +168,7 @@ def test_fft_matches_a_direct_sum_on_a_31x31_depthwise_kernel():
     ],
 )
 def test_planner_picks_by_layer_family_on_cpu_and_xla_elsewhere(cfg, want):
-    shape = (16, cfg.in_channels) + (8,) * cfg.ndim
+    shape = (16, cfg.in_channels) + (16 if want == "widened" else 8,) * cfg.ndim
     assert plan(cfg, shape, jnp.float32, "cpu") == want
     for backend in ("gpu", "tpu"):
         assert plan(cfg, shape, jnp.float32, backend) == "xla"
@@ -317,27 +317,43 @@ def test_vmap_over_inputs_keeps_the_lowering_and_its_gradients(i):
 
 
 @pytest.mark.parametrize(
-    "batch, cout", [(32, 64), pytest.param(33, 17, marks=SLOW), pytest.param(32, 272, marks=SLOW)]
+    "name, batch, cout",
+    [
+        ("widened", 33, 8),  # XLA's weight gradient over batch blocks of 8, ragged last
+        ("s2d", 32, 64),  # blocks of <= 16 images and 16 output channels
+        pytest.param("widened", 300, 4, marks=SLOW),  # past 32 blocks: larger ones
+        pytest.param("s2d", 33, 17, marks=SLOW),  # ragged last blocks
+        pytest.param("s2d", 32, 272, marks=SLOW),  # past 32 blocks: XLA's own
+    ],
 )
-def test_widened_weight_gradient_blocks_and_their_limit(batch, cout):
-    """ "widened" sums its weight gradient over blocks of <= 16 images and 16 output
-    channels (ragged last blocks too), and keeps XLA's own beyond 32 blocks."""
-    cfg = jconv.Conv2d(8, cout, 3, padding=1, bias=False)
-    x = jax.random.normal(jax.random.key(0), (batch, 8, 5, 5))
+def test_blocked_weight_gradients_and_their_limits(name, batch, cout):
+    """The weight gradients summed over blocks equal XLA's: "widened" sums XLA's own
+    over blocks of 8 images; "s2d" (its inner widened conv) over blocks of <= 16
+    images and 16 output channels, and keeps XLA's own beyond 32 blocks."""
+    if name == "widened":
+        cfg = jconv.Conv2d(8, cout, 3, padding=1, bias=False)
+    else:
+        cfg = jconv.Conv2d(3, cout, 4, stride=2, padding=1, bias=False)
+    x = jax.random.normal(jax.random.key(0), (batch, cfg.in_channels, 6, 6))
     grads = []
-    for name in ("widened", "xla"):
-        c = dataclasses.replace(cfg, algorithm=name)
+    for algorithm in (name, "xla"):
+        c = dataclasses.replace(cfg, algorithm=algorithm)
         p = jconv.init(jax.random.key(1), c)
         grads.append(jax.grad(lambda p: jnp.sum(jnp.sin(jconv.apply(p, x))))(p).weight)
     chex.assert_trees_all_close(grads[0], grads[1], atol=2e-5 * float(jnp.abs(grads[1]).max()))
 
 
-def test_planner_keeps_small_batches_and_broadcast_heavy_1x1_on_xla():
-    """Grid findings: widened's and s2d's blocked weight gradients lose at small batches;
-    matmul's batch-broadcast weight loses when it outweighs the input."""
+def test_planner_keeps_small_or_wide_layers_small_batch_stems_and_heavy_1x1_on_xla():
+    """Grid findings: widened loses on small images and wide layers; s2d's blocked weight
+    gradient loses at small batches; matmul's batch-broadcast weight loses when it
+    outweighs the input."""
     dense, stem = jconv.Conv2d(64, 64, 3, padding=1), jconv.Conv2d(3, 64, 7, stride=2, padding=3)
     assert plan(dense, (32, 64, 56, 56), jnp.float32, "cpu") == "widened"
-    assert plan(dense, (8, 64, 56, 56), jnp.float32, "cpu") == "xla"
+    assert plan(dense, (1, 64, 56, 56), jnp.float32, "cpu") == "widened"
+    assert plan(dense, (8, 64, 12, 12), jnp.float32, "cpu") == "xla"
+    assert plan(dense, (8, 64, 56, 56), jnp.bfloat16, "cpu") == "xla"
+    wide = jconv.Conv2d(128, 128, 3, padding=1)
+    assert plan(wide, (8, 128, 28, 28), jnp.float32, "cpu") == "xla"
     assert plan(stem, (16, 3, 224, 224), jnp.float32, "cpu") == "s2d"
     assert plan(stem, (1, 3, 224, 224), jnp.float32, "cpu") == "xla"
     wide = jconv.Conv2d(2048, 512, 1)

@@ -29,7 +29,8 @@ Lowerings:
 * ``"widened"`` (:mod:`jconv.lowering.widened`): XLA's convolution with one
   more output row than input, cropped, which keeps XLA's CPU backend on its
   Eigen kernel instead of its slower YNNPACK path; the input gradient is widened
-  the same way and the weight gradient runs as convolutions of <= 16 features.
+  the same way; the weight gradient is XLA's own over blocks of 8 images (inside
+  other lowerings: convolutions of <= 16 features).
 
 Forms whose fast gradients are not autodiff's own bind
 :func:`jconv.lowering.custom.bilinear`, a primitive declared bilinear with

@@ -13,6 +13,7 @@ convolution handles slowly.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -143,7 +144,7 @@ def pergroup(x, w, spec: ConvSpec):
     rows = cin if spec.transposed else w.shape[0]
     one = spec._replace(groups=1)
     if not spec.transposed:
-        inner = widened.lowering  # plain XLA off CPU or when split
+        inner = functools.partial(widened.lowering, blocks=True)  # XLA off CPU or when split
     elif any(s > 1 for s in spec.stride):
         inner = subpixel.lowering
     else:

@@ -62,7 +62,7 @@ def s2d(x, w, spec: ConvSpec):
     w = w.transpose(0, 1, *(3 + 2 * i for i in range(n)), *(2 + 2 * i for i in range(n)))
     w = w.reshape(cout, -1, *blocks)
     one = spec._replace(stride=(1,) * n, pads=((0, 0),) * n, dilation=(1,) * n)
-    return widened.lowering(x, w, one)
+    return widened.lowering(x, w, one, blocks=True)
 
 
 def _stacked(x, w, spec: ConvSpec):
@@ -83,7 +83,7 @@ def _stacked(x, w, spec: ConvSpec):
     z = jnp.stack(taps, axis=2).reshape(batch, g, per_in, kd, depth, *x.shape[3:])
     z = z.transpose(0, 4, 1, 3, 2, 5, 6).reshape(batch * depth, g * kd * per_in, *x.shape[3:])
     plane = spec._replace(stride=tuple(stride), pads=spec.pads[1:], dilation=tuple(dil))
-    y = widened.lowering(z, _plane_weight(w), plane)  # (N·D', O, H', W')
+    y = widened.lowering(z, _plane_weight(w), plane, blocks=True)  # (N·D', O, H', W')
     y = y.reshape(batch, depth, cout, *y.shape[2:])
     return y.transpose(0, 2, 1, 3, 4)
 

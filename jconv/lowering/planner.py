@@ -53,11 +53,11 @@ def plan(
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
       ``"pergroup"`` beyond in 1-d and 2-d (3-d: xla; pergroup 0.70x, 4.9x memory);
     * dense 3-d: ``"fold"`` (``"xla"`` when split in space);
-    * dense 2-d float32 with more than 16 channels in or out, at least 8 in
-      both, no dilation, a stride-1 dimension to widen and a batch of 16
-      or more, on one device: ``"widened"`` (its weight gradient runs over
-      blocks of the batch: at batch 1 to 8 the grid measured 0.10-0.71x xla's
-      forward+backward and up to 15x its memory; at 32, 1.22x);
+    * dense 2-d float32 with more than 16 channels in or out, 8 to 64 in the
+      narrower, no dilation, a stride-1 dimension of 16 or more to widen, on
+      one device: ``"widened"`` (at any batch, since its weight gradient is
+      XLA's own over blocks of 8 images; over 16-feature blocks it had lost up to
+      10x at batch 1 to 8);
     * dense 2-d float32 stems, strided in every dimension, with at most 4 input
       channels and a kernel of at least 3 stride blocks per dimension, batch of
       8 or more, on one device: ``"s2d"`` (whose stride-1 conv is widened; at
@@ -93,7 +93,7 @@ def plan(
         return "pergroup" if cfg.ndim <= 2 or split else "xla"
     if cfg.ndim == 3:
         return "xla" if space_split else "fold"
-    if cfg.ndim == 2 and not split and _widens(cfg, dtype) and x_shape[0] >= 16:
+    if cfg.ndim == 2 and not split and _widens(cfg, dtype, x_shape):
         return "widened"
     if cfg.ndim == 2 and not split and _stem(cfg, dtype) and x_shape[0] >= 8:
         return "s2d"
@@ -122,15 +122,21 @@ def _stem(cfg: Any, dtype: Any) -> bool:
     )
 
 
-def _widens(cfg: Any, dtype: Any) -> bool:
-    """Whether ``"widened"`` keeps this 2-d conv off XLA's YNNPACK path (see its module)."""
+def _widens(cfg: Any, dtype: Any, x_shape: tuple[int, ...]) -> bool:
+    """Whether ``"widened"`` keeps this 2-d conv off XLA's YNNPACK path (see its module)
+    where that was measured to pay: more than 16 channels in or out, 8 to 64 in the
+    narrower of the two (128 -> 128 at 28² and below: 0.8-1.0x xla's), and at least
+    16 outputs along the widened dimension (the extra row costs 1/16 or less)."""
     wide = (
         max(cfg.in_channels, cfg.out_channels) > FEATURES
-        and min(cfg.in_channels, cfg.out_channels) >= 8
+        and 8 <= min(cfg.in_channels, cfg.out_channels) <= 64
     )  # 1 -> 32 on 8x128²: forward+backward 0.35x xla's
     if max(cfg.dilation) > 1:  # 3x3 dilation 2 on 16x64x32²: forward 1.65x xla's but
         return False  # forward+backward 0.87x and 0.91x (two grid runs); dilation 4: 0.59x
     strided = [
         s > 1 or d * (k - 1) == 0 for k, s, d in zip(cfg.kernel_size, cfg.stride, cfg.dilation)
     ]
-    return wide and not all(strided) and str(jnp.dtype(dtype)) == "float32"
+    if not wide or all(strided) or str(jnp.dtype(dtype)) != "float32":
+        return False
+    size = [n // s for n, s in zip(x_shape[2:], cfg.stride)]  # about the output's size
+    return min(n for n, flat in zip(size, strided) if not flat) >= 16

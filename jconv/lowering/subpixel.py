@@ -18,7 +18,9 @@ def _stride1(x, w, spec: ConvSpec):
     if x.ndim == 5 and spec.widen:
         return folded.fold(x, w, spec)
     x = jnp.pad(x, ((0, 0), (0, 0), *spec.pads))
-    return widened.lowering(x, w, spec._replace(pads=((0, 0),) * (x.ndim - 2)))
+    # weight gradient: in 2-d over blocks of <= 16 features; in 1-d XLA's own over batch
+    # blocks (the grid's transposed1d rows: forward+backward 1.0-1.6x faster, 0.6x memory)
+    return widened.lowering(x, w, spec._replace(pads=((0, 0),) * (x.ndim - 2)), x.ndim > 3)
 
 
 def conv_transpose(x, w, spec: ConvSpec):

@@ -13,11 +13,15 @@ which is cropped off again. The numbers are XLA's direct sums, as for ``"xla"``.
 The input gradient of a stride-1 convolution is itself one (of the output
 cotangent, with the flipped kernel), and is widened the same way. The weight
 gradient cannot be: its kernel would be the widened cotangent, larger than its
-input, and XLA then swaps the operands into a form 30x slower. YNNPACK also
-leaves convolutions of at most 16 features to Eigen, so the weight gradient is
-summed over batch blocks of 16, each split into blocks of 16 output channels
-(1.6x faster than the YNNPACK weight gradient on a ResNet 3x3 layer), up to 32
-blocks; a larger layer keeps XLA's own weight gradient (compile time).
+input, and XLA then swaps the operands into a form 30x slower. It is XLA's own,
+summed over blocks of 8 images: XLA's CPU weight gradient cost about the same
+per image up to a batch of 8 and up to 2x more per image beyond (64x64x56² 3x3:
+2.5 ms per image at 8, 4.1 at 32). Over 14 dense 3x3 layers (batch 1–32) that
+was 0.89–7.6x as fast as summing over blocks of 16 images and 16 output channels
+(which YNNPACK leaves to Eigen) and 0.92–1.30x XLA's whole weight gradient. The
+lowerings built on this one (``"s2d"``, ``"fold"``, ``"pergroup"`` and 2-d
+``"subpixel"``) keep the 16-feature blocks (``blocks=True``), which were up to
+1.8x faster on their grid rows.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from jconv.lowering.common import accumulator, flip_swap, transposed_spec
 from jconv.lowering.spec import ConvSpec
 
 FEATURES = 16  # YNNPACK takes a convolution only with more features than this
-MAX_BLOCKS = 32  # more blocks than this: compile time grows, so XLA's weight gradient
+MAX_BLOCKS = 32  # more blocks than this: compile time grows (larger blocks, or XLA's own)
+BATCH = 8  # XLA's CPU weight gradient cost the same per image up to a batch of 8, more beyond
 
 
 def widen_axis(kernel, spec: ConvSpec) -> int | None:
@@ -114,6 +119,22 @@ def _dx(w, dy, spec: ConvSpec):
 
 
 def _dw(x, dy, spec: ConvSpec, kernel):
+    """Weight gradient as XLA's own, summed over blocks of ``BATCH`` images."""
+    batch = x.shape[0]
+    shape = (dy.shape[1], x.shape[1] // spec.groups, *kernel)
+    step = max(BATCH, -(-batch // MAX_BLOCKS))
+    parts = [
+        custom.transpose(
+            lambda v, xb=x[n : n + step]: xla.conv(xb, v, spec), shape, dy.dtype, dy[n : n + step]
+        )
+        for n in range(0, max(batch, 1), step)  # (an empty batch: one empty block)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return sum(p.astype(accumulator(dy.dtype)) for p in parts).astype(dy.dtype)
+
+
+def _dw_blocks(x, dy, spec: ConvSpec, kernel):
     """Weight gradient as a sum over batch blocks of convolutions of <= 16 features."""
     batch, cout = x.shape[0], dy.shape[1]
     shape = (cout, x.shape[1] // spec.groups, *kernel)
@@ -138,12 +159,15 @@ def _dw(x, dy, spec: ConvSpec, kernel):
 
 custom.register("widened", conv, dx=_dx, dw=_dw)
 custom.register("widened_strided", conv, dw=_dw)
+custom.register("widened_blocks", conv, dx=_dx, dw=_dw_blocks)
+custom.register("widened_strided_blocks", conv, dw=_dw_blocks)
 
 
-def lowering(x, w, spec: ConvSpec):
-    """The ``"widened"`` lowering (its input gradient widened too when every stride is 1)."""
+def lowering(x, w, spec: ConvSpec, blocks: bool = False):
+    """The ``"widened"`` lowering (its input gradient widened too when every stride is 1);
+    ``blocks``: the weight gradient over blocks of <= 16 features (:func:`_dw_blocks`)."""
     if not spec.widen:  # off CPU, or the input may be split across devices
         return xla.conv(x, w, spec)
     x, spec = xla.within_reach(x, w.shape[2:], spec)  # so the input gradient's pads are >= 0
     form = "widened" if all(s == 1 for s in spec.stride) else "widened_strided"
-    return custom.bilinear(form, x, w, spec)
+    return custom.bilinear(form + ("_blocks" if blocks else ""), x, w, spec)
