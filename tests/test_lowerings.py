@@ -351,7 +351,8 @@ def test_planner_keeps_small_or_wide_layers_small_batch_stems_and_heavy_1x1_on_x
     assert plan(dense, (32, 64, 56, 56), jnp.float32, "cpu") == "widened"
     assert plan(dense, (1, 64, 56, 56), jnp.float32, "cpu") == "widened"
     assert plan(dense, (8, 64, 12, 12), jnp.float32, "cpu") == "xla"
-    assert plan(dense, (8, 64, 56, 56), jnp.bfloat16, "cpu") == "xla"
+    assert plan(dense, (8, 64, 56, 56), jnp.bfloat16, "cpu") == "widened"
+    assert plan(dense, (8, 64, 56, 56), jnp.float16, "cpu") == "xla"
     wide = jconv.Conv2d(128, 128, 3, padding=1)
     assert plan(wide, (8, 128, 28, 28), jnp.float32, "cpu") == "xla"
     assert plan(stem, (16, 3, 224, 224), jnp.float32, "cpu") == "s2d"
