@@ -452,3 +452,20 @@ def test_fft_plans_a_depthwise_layer_whose_one_channel_outgrows_a_block():
     assert plan(cfg, x.shape, jnp.float32, "cpu") == "fft"
     out = jax.jit(jconv.apply).lower(p, x).compile().out_info
     assert out.shape == x.shape
+
+
+def test_widened_bfloat16_weight_gradient_over_batch_blocks_is_rounded_once():
+    """Over several batch blocks the bfloat16 weight gradient sums in float32 and rounds
+    once: within one bfloat16 step of the float32 gradient of the same values."""
+    cfg = jconv.Conv2d(8, 8, 3, padding=1, bias=False, algorithm="widened", dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(0), (40, 8, 6, 6), jnp.bfloat16)
+    ct = jax.random.normal(jax.random.key(2), (40, 8, 6, 6), jnp.bfloat16)
+    p = jconv.init(jax.random.key(1), cfg)
+    got = jax.grad(lambda p: jnp.sum(jconv.apply(p, x).astype(jnp.float32) * ct))(p).weight
+    ref = dataclasses.replace(cfg, algorithm="xla", dtype=jnp.float32)
+    p32 = jconv.Params(p.weight.astype(jnp.float32), None, ref)
+    x32, ct32 = x.astype(jnp.float32), ct.astype(jnp.float32)
+    want = jax.grad(lambda p: jnp.sum(jconv.apply(p, x32) * ct32))(p32).weight
+    step = 2.0 ** (jnp.floor(jnp.log2(jnp.abs(want))) - 7)  # one bfloat16 step at |want|
+    assert got.dtype == jnp.bfloat16
+    assert bool(jnp.all(jnp.abs(got.astype(jnp.float32) - want) <= step))
