@@ -29,13 +29,25 @@ def fresh(monkeypatch, tmp_path):
     jax.clear_caches()
 
 
-def _rigged(winner: str):
-    """A stand-in for ``tune.measure`` under which ``winner`` is fastest."""
+def _rigged(winner: str, wins: float = 1.0):
+    """A stand-in for ``tune.measure`` under which ``winner`` is fastest (its median),
+    beating xla in a share ``wins`` of the rounds."""
 
     def measure(cfgs, *args):
-        return {n: {"ms": 1.0 if n == winner else 10.0, "temp_bytes": 0} for n in cfgs}, {}, []
+        fast = {"ms": 1.0, "temp_bytes": 0, "wins": wins}
+        slow = {"ms": 10.0, "temp_bytes": 0, "wins": 0.0}
+        return {n: fast if n == winner else slow for n in cfgs}, {}, []
 
     return measure
+
+
+@pytest.mark.parametrize("wins, chosen", [(1.0, "shift"), (0.8, "shift"), (0.6, "xla")])
+def test_a_faster_median_wins_only_if_it_beat_xla_in_most_rounds(monkeypatch, wins, chosen):
+    monkeypatch.setattr(tune, "measure", _rigged("shift", wins))
+    cfg = jconv.Conv2d(8, 8, 3, padding=1, groups=8)
+    with jconv.autotune(cache=False):
+        jconv.apply(jconv.init(jax.random.key(0), cfg), jnp.ones((1, 8, 6, 6)))
+    assert tune.report()[-1]["algorithm"] == chosen
 
 
 CASES = [  # (config, input shape): one per family, with the lowerings that fit it
@@ -115,6 +127,7 @@ def test_real_timing_reports_every_candidate_and_its_memory():
     (entry,) = tune.report()
     assert set(entry["results"]) | set(entry["same_as_xla"]) == set(tune.candidates(cfg))
     assert all(r["ms"] > 0 and r["temp_bytes"] >= 0 for r in entry["results"].values())
+    assert all(0 <= r["wins"] <= 1 for r in entry["results"].values())
     assert entry["algorithm"] in entry["results"] and entry["seconds"] > 0
 
 
@@ -149,6 +162,7 @@ def test_the_memory_cap_keeps_a_hungry_lowering_out(monkeypatch):
                 n: {
                     "ms": 1.0 if n == "shift" else 10.0,
                     "temp_bytes": (100 if n == "shift" else 1) << 20,
+                    "wins": 1.0 if n == "shift" else 0.0,
                 }
                 for n in cfgs
             },
