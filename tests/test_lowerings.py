@@ -454,9 +454,10 @@ def test_fft_plans_a_depthwise_layer_whose_one_channel_outgrows_a_block():
     assert out.shape == x.shape
 
 
-def test_widened_bfloat16_weight_gradient_over_batch_blocks_is_rounded_once():
-    """Over several batch blocks the bfloat16 weight gradient sums in float32 and rounds
-    once: within one bfloat16 step of the float32 gradient of the same values."""
+def test_widened_bfloat16_weight_gradient_over_batch_blocks_sums_in_float32():
+    """Over several batch blocks the bfloat16 weight gradient sums in float32: within
+    one bfloat16 step of the float32 gradient of the same values (a sum of the blocks
+    in bfloat16 is not)."""
     cfg = jconv.Conv2d(8, 8, 3, padding=1, bias=False, algorithm="widened", dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(0), (40, 8, 6, 6), jnp.bfloat16)
     ct = jax.random.normal(jax.random.key(2), (40, 8, 6, 6), jnp.bfloat16)

@@ -119,20 +119,20 @@ def _dx(w, dy, spec: ConvSpec):
 
 
 def _dw(x, dy, spec: ConvSpec, kernel):
-    """Weight gradient as XLA's own, summed over blocks of ``BATCH`` images (narrower
-    dtypes in float32, rounded once at the end)."""
+    """Weight gradient as XLA's own, summed over blocks of ``BATCH`` images (in float32
+    for narrower dtypes, rounded at the end)."""
     batch, dtype = x.shape[0], dy.dtype
     shape = (dy.shape[1], x.shape[1] // spec.groups, *kernel)
     step = max(BATCH, -(-batch // MAX_BLOCKS))
-    if batch > step:
-        x, dy = x.astype(accumulator(dtype)), dy.astype(accumulator(dtype))
     parts = [
         custom.transpose(
             lambda v, xb=x[n : n + step]: xla.conv(xb, v, spec), shape, dy.dtype, dy[n : n + step]
         )
         for n in range(0, max(batch, 1), step)  # (an empty batch: one empty block)
     ]
-    return sum(parts[1:], parts[0]).astype(dtype)
+    if len(parts) == 1:
+        return parts[0]
+    return sum(p.astype(accumulator(dtype)) for p in parts).astype(dtype)
 
 
 def _dw_blocks(x, dy, spec: ConvSpec, kernel):
