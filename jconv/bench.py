@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jconv.lowering.tune import sampler
+from jconv.lowering.tune import rounds, sampler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,18 +137,16 @@ def _jax_pair(f: Callable, x, w, b, gy) -> tuple[Callable, Callable, float]:
 def interleaved(timers: dict, repeat: int) -> dict:
     """Median milliseconds per implementation and mode, from ``repeat`` shuffled rounds
     after a warm-up (a call right after a large one runs slower, so the order changes)."""
-    for fwd, both in timers.values():  # warm-up
-        fwd(), both()
-    samples = {name: ([], []) for name in timers}
-    calls = [(name, mode) for name in timers for mode in (0, 1)]
-    order = np.random.default_rng(0)
-    for _ in range(repeat):
-        for i in order.permutation(len(calls)):
-            name, mode = calls[i]
-            samples[name][mode].append(timers[name][mode]())
+    calls = {
+        (name, mode): timer for name, pair in timers.items() for mode, timer in enumerate(pair)
+    }
+    samples = rounds(calls, repeat)
     return {
-        name: {"forward": 1e3 * float(np.median(f)), "forward_backward": 1e3 * float(np.median(b))}
-        for name, (f, b) in samples.items()
+        name: {
+            "forward": 1e3 * float(np.median(samples[name, 0])),
+            "forward_backward": 1e3 * float(np.median(samples[name, 1])),
+        }
+        for name in timers
     }
 
 

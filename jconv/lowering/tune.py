@@ -327,6 +327,24 @@ def sampler(call: Callable[[], object]) -> Callable[[], float]:
     return once
 
 
+def rounds(timers: dict, repeat: int, budget_s: float | None = None) -> dict[Any, list[float]]:
+    """Samples of each timer: one warm-up call each (which also sets how many calls a
+    :func:`sampler` sample times), then ``repeat`` rounds, each in a new shuffled order,
+    so that a slow spell of the machine falls on all of them alike. With ``budget_s``,
+    rounds stop after at least 2 once that many seconds have passed."""
+    for once in timers.values():
+        once()
+    names, times = list(timers), {name: [] for name in timers}
+    order = np.random.default_rng(0)
+    end = None if budget_s is None else time.perf_counter() + budget_s
+    for round_ in range(repeat):
+        if end is not None and round_ >= 2 and time.perf_counter() > end:
+            break
+        for i in order.permutation(len(names)):
+            times[names[i]].append(timers[names[i]]())
+    return times
+
+
 def program_text(compiled) -> str:
     """A compiled program's HLO without its header, metadata or source locations:
     two lowerings with the same text run the very same program."""
@@ -368,16 +386,7 @@ def measure(
         for name, (compiled, args) in built.items()
         if name not in same
     }
-    for once in timers.values():
-        once()  # warm-up, and how many calls a sample times
-    names, times = list(timers), {name: [] for name in timers}
-    order = np.random.default_rng(0)
-    budget = time.perf_counter() + 2.0 * len(timers)
-    for round_ in range(repeat):
-        if round_ >= 2 and time.perf_counter() > budget:
-            break
-        for i in order.permutation(len(names)):
-            times[names[i]].append(timers[names[i]]())
+    times = rounds(timers, repeat, budget_s=2.0 * len(timers))
     base = times.get("xla")
     results = {
         name: {
