@@ -373,7 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--cases", default="all", help="comma-separated case names (see --list)")
-    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument(
+        "--list", action="store_true", help="list the cases (of --grid or --models too) and exit"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds per case (median)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--algorithm", default="auto", help="force one jconv lowering")

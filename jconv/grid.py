@@ -409,6 +409,10 @@ def chart(rows: list[dict], path: Path) -> bool:
 
 
 def run(args) -> int:
+    if args.list:
+        for case, dtype in GRID:
+            print(f"{case.name:18s} {dtype:9s} {case}")
+        return 0
     picked = [
         (c, d)
         for c, d in GRID

@@ -11,8 +11,9 @@ ways, with the same weights and the same step:
 
 A step is forward, loss, gradients of every parameter and an SGD update, one
 jitted program; ``inference`` is the forward alone. Reported: median step and
-inference milliseconds from shuffled, interleaved rounds, compile seconds and
-the compiled temporary memory (``memory_analysis().temp_size_in_bytes``).
+inference milliseconds from shuffled, interleaved rounds, the step's compile
+seconds (each column from empty caches) and the compiled temporary memory
+(``memory_analysis().temp_size_in_bytes``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from jax import lax
 
 import jconv
 from jconv.bench import Progress, _timer, geomean, interleaved, write_report
+from jconv.lowering import custom
 from jconv.lowering.tune import temp_bytes
 from jconv.lowering.xla import dimension_numbers, transposed_pads
 
@@ -485,6 +487,7 @@ def run_model(model: str, dtype: str, repeat: int, *, scale: float = 1.0, column
             continue
         step, infer, p, to_input = jax_variant(name, layers, forward, kind, params)
         xi, ti = to_input(x), to_input(t)
+        _cold()
         begin = time.perf_counter()
         step_c = step.lower(p, xi, ti).compile()
         compile_s[name] = time.perf_counter() - begin
@@ -511,6 +514,13 @@ def run_model(model: str, dtype: str, repeat: int, *, scale: float = 1.0, column
         row["compile_vs_flax"] = compile_s["jconv"] / compile_s["flax"]
         row["memory_vs_flax"] = memory["jconv"]["step"] / max(memory["flax"]["step"], 1)
     return row
+
+
+def _cold() -> None:
+    """Each column's step compiles from empty caches: the first one compiled had paid
+    for tracing what later ones reused (jnp's jitted helpers, jconv's output types)."""
+    jax.clear_caches()
+    custom.clear_cache()
 
 
 def _interleave(timers: dict, repeat: int) -> dict:
@@ -553,6 +563,10 @@ def _fmt(row: dict) -> str:
 
 
 def run(args) -> int:
+    if args.list:
+        for m, d in RUNS:
+            print(f"{m + ':' + d:20s} input {MODELS[m][1]}")
+        return 0
     wanted = [s.strip() for s in args.cases.split(",")] if args.cases != "all" else None
     picked = [(m, d) for m, d in RUNS if wanted is None or m in wanted or f"{m}:{d}" in wanted]
     if not picked:

@@ -129,6 +129,18 @@ def test_grid_times_the_autotuners_choices(tmp_path, capsys, monkeypatch):
     assert tune.settings().enabled is False  # tuning stayed inside the grid's blocks
 
 
+@pytest.mark.parametrize("flag", ["--grid", "--models"])
+def test_bench_list_names_the_grid_and_model_cases_without_running_them(flag, capsys):
+    from jconv import grid, models
+
+    assert main(["bench", flag, "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = (
+        [c.name for c, _ in grid.GRID] if flag == "--grid" else [f"{m}:{d}" for m, d in models.RUNS]
+    )
+    assert [line.split()[0] for line in lines] == names
+
+
 def test_bench_rejects_an_unknown_case():
     assert main(["bench", "--cases", "resnet3x3,nope"]) == 2
 

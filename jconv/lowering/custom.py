@@ -91,6 +91,11 @@ def _out_type(form: str, spec, x_shape, x_dtype, w_shape, w_dtype):
     return out.shape, out.dtype
 
 
+def clear_cache() -> None:
+    """Forgets the cached output types (a benchmark compiling from a cold start)."""
+    _out_type.cache_clear()
+
+
 def zeros(shape, dtype, *like: jax.Array) -> jax.Array:
     """Zeros that vary over the ``shard_map`` axes any of ``like`` varies over (a loop
     carry that the loop's body fills from those operands)."""
