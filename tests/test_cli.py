@@ -130,9 +130,14 @@ def test_grid_times_the_autotuners_choices(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("flag", ["--grid", "--models"])
-def test_bench_list_names_the_grid_and_model_cases_without_running_them(flag, capsys):
+def test_bench_list_names_the_grid_and_model_cases_without_running_them(flag, capsys, monkeypatch):
     from jconv import grid, models
 
+    def refuse(*args, **kwargs):
+        raise AssertionError("--list ran a case")
+
+    monkeypatch.setattr(grid, "run_grid_case", refuse)
+    monkeypatch.setattr(models, "run_model", refuse)
     assert main(["bench", flag, "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     names = (
