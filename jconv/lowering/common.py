@@ -3,10 +3,12 @@ the kernel and padding of an input gradient."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jconv.lowering import custom
 from jconv.lowering.spec import ConvSpec
 from jconv.lowering.xla import pad_trailing
 
@@ -93,6 +95,38 @@ def group_block(groups: int, per_group: int, budget: int = BLOCK_BYTES) -> int:
     return max(
         [b for b in range(1, groups + 1) if groups % b == 0 and b * per_group <= budget] or [1]
     )
+
+
+def by_blocks(part, count: int, out_shape, dtype, axis: int, *like):
+    """The array of ``out_shape`` whose axis ``axis`` holds ``count`` equal blocks,
+    block ``i`` being ``part(i)``, filled one block at a time in a loop: one block's
+    temporaries exist at once, and the loop's operands are whole arrays that XLA
+    cannot fuse their producers into (``like``: operands whose ``shard_map`` axes
+    the result varies over)."""
+    rows = out_shape[axis] // count
+
+    def body(i, out):
+        return lax.dynamic_update_slice_in_dim(out, part(i), i * rows, axis=axis)
+
+    return lax.fori_loop(0, count, body, custom.zeros(out_shape, dtype, *like))
+
+
+def block(a, i, rows: int, axis: int):
+    """Block ``i`` of ``rows`` along ``axis``."""
+    return lax.dynamic_slice_in_dim(a, i * rows, rows, axis=axis)
+
+
+def over_groups(form, x, w, spec: ConvSpec, b: int):
+    """``form(x, w, spec)`` of a grouped conv, ``b`` groups at a time (see ``by_blocks``)."""
+    g, per_in, mult = spec.groups, x.shape[1] // spec.groups, w.shape[0] // spec.groups
+    sub = spec._replace(groups=b)
+    out = jax.eval_shape(lambda a, v: form(a, v, sub), x[:, : b * per_in], w[: b * mult])
+
+    def part(i):
+        return form(block(x, i, b * per_in, 1), block(w, i, b * mult, 0), sub)
+
+    shape = (x.shape[0], out.shape[1] * (g // b), *out.shape[2:])
+    return by_blocks(part, g // b, shape, out.dtype, 1, x, w)
 
 
 def accumulator(dtype):

@@ -16,12 +16,21 @@ from __future__ import annotations
 import functools
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jconv.lowering import custom, subpixel, widened, xla
-from jconv.lowering.common import BLOCK_BYTES, accumulator, group_block, out_spatial, windows
+from jconv.lowering.common import (
+    BLOCK_BYTES,
+    accumulator,
+    block,
+    by_blocks,
+    group_block,
+    out_spatial,
+    over_groups,
+    windows,
+    with_input_past,
+)
 from jconv.lowering.spec import ConvSpec
 from jconv.lowering.xla import pad_trailing
 
@@ -72,35 +81,74 @@ def fft(x, w, spec: ConvSpec):
     finite = jnp.isfinite(x).all() & jnp.isfinite(w).all()
     return lax.cond(
         finite,
-        lambda a, b: custom.bilinear("fft", a, b, spec),
+        lambda a, b: custom.bilinear("fft", a, b, with_input_past(a.shape, b.shape[2:], spec)),
         lambda a, b: xla.conv(a, b, spec),
         x,
         w,
     )
 
 
+def _group_block(x_shape, dtype, spec: ConvSpec) -> int | None:
+    """Groups per block of the blocked ``"fft"`` forms, or None for one piece: at most
+    BLOCK_BYTES of padded input per block, and half the input (8x96x56² 5x5 depthwise:
+    temporary memory 2.4x the input's -> 0.8x, as fast)."""
+    g, (batch, cin) = spec.groups, x_shape[:2]
+    padded = math.prod(_fft_size(p + lo + hi) for p, (lo, hi) in zip(x_shape[2:], spec.pads))
+    per_group = batch * (cin // g) * padded * jnp.dtype(accumulator(dtype)).itemsize
+    size = math.prod(x_shape) * jnp.dtype(dtype).itemsize
+    b = group_block(g, per_group, min(BLOCK_BYTES, max(size // 2, per_group)))
+    return None if b == g or g // b > 64 else b  # one block, or too many small ones
+
+
 def _fft_blocked(x, w, spec: ConvSpec):
     """``_fft_conv`` over blocks of groups, one at a time: its padded input, spectra and
-    product exist for one block only (8x96x56² 5x5 depthwise: temporary memory 2.4x
-    the input's -> 0.8x, as fast). The gradients are the unblocked form's."""
-    g, (batch, cin), cout = spec.groups, x.shape[:2], w.shape[0]
-    per_in, mult = cin // g, cout // g
-    padded = math.prod(_fft_size(p + lo + hi) for p, (lo, hi) in zip(x.shape[2:], spec.pads))
-    per_group = batch * per_in * padded * jnp.dtype(accumulator(x.dtype)).itemsize
-    # at most BLOCK_BYTES of padded input per block, and half the input
-    b = group_block(g, per_group, min(BLOCK_BYTES, max(x.size * x.dtype.itemsize // 2, per_group)))
-    if b == g or g // b > 64:  # one block, or too many small ones
-        return _fft_conv(x, w, spec)
-    sub = spec._replace(groups=b)
+    product exist for one block only."""
+    b = _group_block(x.shape, x.dtype, spec)
+    return _fft_conv(x, w, spec) if b is None else over_groups(_fft_conv, x, w, spec, b)
 
-    def block(i, y):
-        xs = lax.dynamic_slice_in_dim(x, i * b * per_in, b * per_in, axis=1)
-        ws = lax.dynamic_slice_in_dim(w, i * b * mult, b * mult, axis=0)
-        return lax.dynamic_update_slice_in_dim(y, _fft_conv(xs, ws, sub), i * b * mult, axis=1)
 
-    out = jax.eval_shape(lambda a, v: _fft_conv(a, v, sub), x[:, : b * per_in], w[: b * mult])
-    init = custom.zeros((batch, cout, *out.shape[2:]), out.dtype, x, w)
-    return lax.fori_loop(0, g // b, block, init)
+def _fft_dx(w, dy, spec: ConvSpec):
+    """Input gradient: the transpose of each block's ``_fft_conv`` (strided too: the
+    spec's ``output_padding`` holds the input rows past the last window)."""
+    g, kernel = spec.groups, w.shape[2:]
+    spatial = tuple(
+        (o - 1) * s + d * (k - 1) + 1 - lo - hi + past
+        for o, s, d, k, (lo, hi), past in zip(
+            dy.shape[2:], spec.stride, spec.dilation, kernel, spec.pads, spec.output_padding
+        )
+    )
+    x_shape = (dy.shape[0], g * w.shape[1], *spatial)
+    b = _group_block(x_shape, dy.dtype, spec)
+    if b is None:
+        return custom.transpose(lambda v: _fft_conv(v, w, spec), x_shape, dy.dtype, dy)
+    per_in, mult, sub = w.shape[1], w.shape[0] // g, spec._replace(groups=b)
+
+    def part(i):
+        ws, shape = block(w, i, b * mult, 0), (x_shape[0], b * per_in, *spatial)
+        return custom.transpose(
+            lambda v: _fft_conv(v, ws, sub), shape, dy.dtype, block(dy, i, b * mult, 1)
+        )
+
+    return by_blocks(part, g // b, x_shape, dy.dtype, 1, w, dy)
+
+
+def _fft_dw(x, dy, spec: ConvSpec, kernel):
+    """Weight gradient: the transpose of each block's ``_fft_conv`` in the weight."""
+    g, cout = spec.groups, dy.shape[1]
+    w_shape = (cout, x.shape[1] // g, *kernel)
+    b = _group_block(x.shape, x.dtype, spec)
+    if b is None:
+        return custom.transpose(lambda v: _fft_conv(x, v, spec), w_shape, dy.dtype, dy)
+    per_in, mult, sub = x.shape[1] // g, cout // g, spec._replace(groups=b)
+
+    def part(i):
+        xs = block(x, i, b * per_in, 1)
+        return custom.transpose(
+            lambda v: _fft_conv(xs, v, sub), (b * mult, per_in, *kernel), dy.dtype,
+            block(dy, i, b * mult, 1),
+        )  # fmt: skip
+
+    return by_blocks(part, g // b, w_shape, dy.dtype, 0, x, dy)
 
 
 def _fft_conv(x, w, spec: ConvSpec):
@@ -129,7 +177,7 @@ def _fft_conv(x, w, spec: ConvSpec):
     return y[(..., *keep)].astype(dtype)
 
 
-custom.register("fft", _fft_blocked, linear=_fft_conv)
+custom.register("fft", _fft_blocked, dx=_fft_dx, dw=_fft_dw)
 
 
 def pergroup(x, w, spec: ConvSpec):
