@@ -72,6 +72,11 @@ SMALL = [
         (2, 3, 3, 4),
     ),
     ("subpixel", jconv.ConvTranspose1d(2, 3, 6, stride=3, padding=2), (1, 2, 5)),
+    # strided depthwise with many taps: the weight gradient over stride phases
+    ("shift", jconv.Conv2d(2, 4, 7, stride=2, padding=(3, 1), groups=2), (1, 2, 9, 8)),
+    ("shift", jconv.Conv1d(2, 2, 17, stride=2, padding=((3, 8),), groups=2), (2, 2, 23)),
+    # fft over blocks of groups, strided: the input gradient's rows past the last window
+    ("fft", jconv.Conv2d(4, 4, 5, stride=(2, 3), padding=(2, 1), groups=4), (2, 4, 9, 10)),
 ]
 
 
@@ -155,10 +160,15 @@ def test_fft_matches_a_direct_sum_on_a_31x31_depthwise_kernel():
         (jconv.Conv2d(256, 128, 1), "matmul"),
         (jconv.Conv2d(128, 128, 3, padding=1, groups=128), "shift"),
         (jconv.Conv2d(64, 128, 3, groups=64), "shift"),
-        (jconv.Conv2d(64, 128, 5, groups=64), "fft"),
+        (jconv.Conv2d(64, 128, 5, groups=64), "shift"),
         (jconv.Conv2d(96, 96, 7, padding=3, groups=96), "fft"),
+        (jconv.Conv2d(96, 96, 7, stride=2, padding=3, groups=96), "shift"),
+        (jconv.Conv2d(96, 96, 9, stride=2, padding=4, groups=96), "fft"),
+        (jconv.Conv3d(16, 16, 5, stride=2, padding=2, groups=16), "shift"),
+        (jconv.Conv3d(16, 16, 5, padding=2, groups=16), "fft"),
         (jconv.Conv3d(16, 16, 3, padding=1, groups=16), "shift"),
-        (jconv.Conv1d(64, 64, 31, padding=15, groups=64), "shift"),
+        (jconv.Conv1d(64, 64, 25, padding=12, groups=64), "shift"),
+        (jconv.Conv1d(64, 64, 31, padding=15, groups=64), "fft"),
         (jconv.Conv2d(64, 64, 31, padding=15, groups=64), "fft"),
         (jconv.Conv2d(128, 128, 3, padding=1, groups=32), "shift"),
         (jconv.Conv2d(128, 128, 3, padding=1, groups=4), "pergroup"),
@@ -365,9 +375,33 @@ def test_planner_keeps_small_or_wide_layers_small_batch_stems_and_heavy_1x1_on_x
 @pytest.mark.parametrize(
     "cfg, shape, mode, dtype",
     [
-        # fft forward, run over blocks of groups (unblocked: 2.4x xla's temporaries)
-        (jconv.Conv2d(96, 96, 5, padding=2, groups=96), (8, 96, 56, 56), "forward", "float32"),
+        # fft over blocks of groups (unblocked: 2.4x xla's temporaries forward; strided
+        # training 2.2-3.0x) and strided shift's weight gradient over stride phases (2.5x)
+        (jconv.Conv2d(96, 96, 7, padding=3, groups=96), (8, 96, 56, 56), "forward", "float32"),
         (jconv.Conv2d(384, 384, 7, padding=3, groups=384), (8, 384, 14, 14), "forward", "float32"),
+        (
+            jconv.Conv2d(96, 96, 9, stride=2, padding=4, groups=96),
+            (8, 96, 56, 56),
+            "train",
+            "float32",
+        ),
+        (
+            jconv.Conv2d(96, 96, 7, stride=2, padding=3, groups=96),
+            (8, 96, 56, 56),
+            "train",
+            "float32",
+        ),
+        # shift's input gradient in a loop over channel blocks: given the cotangent of a
+        # loss of the output whole, XLA re-ran the forward in each of its windows (3x3:
+        # 3.0x xla's temporaries, 5x5 at stride 2: 3.6x)
+        (jconv.Conv2d(96, 96, 3, padding=1, groups=96), (8, 96, 56, 56), "train", "float32"),
+        (
+            jconv.Conv2d(96, 96, 5, stride=2, padding=2, groups=96),
+            (8, 96, 56, 56),
+            "train",
+            "float32",
+        ),
+        (jconv.Conv1d(256, 256, 7, padding=3, groups=256), (8, 256, 2000), "train", "float32"),
         # subpixel gradients at batch 8: widened's ragged batch block (was 2.2x)
         (
             jconv.ConvTranspose1d(256, 128, 8, stride=4, padding=2),

@@ -45,11 +45,9 @@ def plan(
     * transposed, strided, ungrouped: ``"subpixel"`` (grouped: xla, 0.78x);
     * 1×1 kernels: ``"matmul"``, unless its weight broadcast over the batch
       outweighs four inputs;
-    * depthwise (one input channel per group): ``"shift"`` below 25 taps;
-      2-d from 5×5 on, ``"fft"`` (measured on 8×96×32² 7×7: forward+backward
-      38 ms against shift's 225 ms and xla's 437 ms, temporary memory 1.7× xla's
-      against shift's 13×); split inputs and other ranks keep ``"shift"`` up to
-      49 taps, then ``"fft"`` (``"xla"`` when split);
+    * depthwise (one input channel per group): ``"shift"`` up to ``SHIFT_TAPS`` of
+      its rank's taps per output (see there), then ``"fft"``; split inputs keep
+      ``"shift"`` up to 49 taps, then ``"xla"`` (the FFT would gather the batch);
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
       ``"pergroup"`` beyond in 1-d and 2-d (3-d: xla; pergroup 0.70x, 4.9x memory);
     * dense 3-d: ``"fold"`` (``"xla"`` when split in space);
@@ -85,9 +83,9 @@ def plan(
         return "xla" if _broadcast_weight_dominates(cfg, x_shape) else "matmul"
     if cfg.groups > 1:
         if per_group == 1:
-            if taps < 25 or (split and taps <= 49) or (cfg.ndim != 2 and taps <= 49):
-                return "shift"
-            return "xla" if split else "fft"
+            if split:
+                return "shift" if taps <= 49 else "xla"
+            return "shift" if _shift_taps(cfg) <= SHIFT_TAPS[cfg.ndim] else "fft"
         if per_group * taps <= 64:
             return "shift"
         return "pergroup" if cfg.ndim <= 2 or split else "xla"
@@ -98,6 +96,25 @@ def plan(
     if cfg.ndim == 2 and not split and _stem(cfg, dtype) and x_shape[0] >= 8:
         return "s2d"
     return "xla"
+
+
+# Depthwise: the most kernel taps per output (``_shift_taps``) that ``"shift"`` runs
+# before ``"fft"`` takes over, by rank. Measured (forward / forward+backward, x xla):
+# 1-d (8x256x2000 and 4x64x16000): 17-25 taps shift 7.4-11.0x / 6.5-9.4x against fft's
+# 3.6-6.3x / 5.4-11.3x (mixed at 25), 31 taps fft 8.8x / 13.9x against 8.2x / 8.9x,
+# 49 fft 13.6x / 19.4x against 7.8x / 9.7x; 2-d (8x96x56²): 5x5 shift 10.3x / 6.1x
+# against 5.5x / 3.1x, 7x7 even forward, fft training 7.8x against 6.3x; strided
+# 7x7/2 shift 6.1x / 15.4x against 2.9x / 13.2x, 9x9/2 fft 3.6x / 17.0x against
+# 2.0x / 10.5x, 13x13/4 shift 2.3x / 28x against 1.5x / 21x; 3-d (2x64x16x32²): 3³
+# shift 68x / 40x against 26x / 23x, 5³/2 shift 28x / 68x against 20x / 53x, 5³ fft.
+SHIFT_TAPS = {1: 25, 2: 25, 3: 49}
+
+
+def _shift_taps(cfg: Any) -> float:
+    """A depthwise conv's kernel taps per output, strided ones counted twice (a strided
+    window is a strided read; the FFT's cost is the input's, whatever the stride)."""
+    stride = math.prod(cfg.stride)
+    return math.prod(cfg.kernel_size) * (2 if stride > 1 else 1) / stride
 
 
 def _broadcast_weight_dominates(cfg: Any, x_shape: tuple[int, ...]) -> bool:

@@ -28,6 +28,7 @@ from jconv.lowering.common import (
     accumulator,
     flip_swap,
     group_block,
+    over_groups,
     transposed_spec,
     windows,
     with_input_past,
@@ -55,8 +56,26 @@ def shift_conv(x, w, spec: ConvSpec):
 
 
 def _shift_dx(w, dy, spec: ConvSpec):
-    """Input gradient of a stride-1 shift conv: a shift conv of ``dy``."""
-    return shift_conv(dy, flip_swap(w, spec.groups), transposed_spec(spec, w.shape[2:]))
+    """Input gradient of a stride-1 shift conv: a shift conv of ``dy``, over blocks of
+    groups (``_dx_groups``)."""
+    return _dx_groups(shift_conv, dy, flip_swap(w, spec.groups), transposed_spec(spec, w.shape[2:]))
+
+
+def _dx_groups(form, dy, w, spec: ConvSpec):
+    """``form(dy, w, spec)``, an input gradient, in a loop over at least two blocks of
+    groups. Given ``dy`` whole, XLA fused the cotangent's producers into the windows
+    of ``dy`` they feed: with a loss of ``sin(y)``, the forward's multiply-adds ran
+    again in every window of the input gradient, from a copy of every input window
+    (8x96x56² 3x3: 105 ms and 83 MB of temporaries against 30 ms and 19 MB in a
+    loop; 5x5: 8.3x xla's memory). A loop's operand is one materialized array."""
+    g = spec.groups
+    if g < 2:
+        return form(dy, w, spec)
+    per_group = math.prod(dy.shape) // g * jnp.dtype(accumulator(dy.dtype)).itemsize
+    b = group_block(g, per_group)
+    if b == g:  # at least two blocks
+        b = max(d for d in range(1, g) if g % d == 0)
+    return over_groups(form, dy, w, spec, b)
 
 
 def _shift_dw(x, dy, spec: ConvSpec, kernel):
@@ -71,11 +90,21 @@ def _shift_dw(x, dy, spec: ConvSpec, kernel):
 def _shift_strided_dx(w, dy, spec: ConvSpec):
     """Input gradient of a strided shift conv: the sub-pixel transposed conv of ``dy``,
     its stride-1 conv a shift conv (autodiff's transposes of the strided windows held
-    8x xla's temporary memory on a 3x3 stride-2 conv with 4 channels per group).
-    ``output_padding`` holds the input rows past the last window (``with_input_past``).
-    Only where ``spec.widen`` (CPU, input on one device): its depth-to-space interleave
-    would gather a height-split input, which autodiff's transposes keep local."""
-    return phases.conv_transpose(dy, w, spec._replace(transposed=True), shift_conv)
+    8x xla's temporary memory on a 3x3 stride-2 conv with 4 channels per group). With
+    more than 4 taps per stride phase, over blocks of groups (``_dx_groups``: 5x5 and
+    7x7 at stride 2 held 3.6x and 7.6x xla's temporaries under a loss of ``y²``); with
+    fewer, whole (3x3 at stride 2: 1.0x; MobileNetV2's step ran 0.85x in the loop).
+    ``output_padding`` holds the input rows past the
+    last window (``with_input_past``). Only where ``spec.widen`` (CPU, input on one
+    device): its depth-to-space interleave would gather a height-split input, which
+    autodiff's transposes keep local."""
+
+    def form(dy, w, spec):
+        return phases.conv_transpose(dy, w, spec._replace(transposed=True), shift_conv)
+
+    if math.prod(w.shape[2:]) <= 4 * math.prod(spec.stride):  # few taps per phase
+        return form(dy, w, spec)
+    return _dx_groups(form, dy, w, spec)
 
 
 custom.register("shift", shift_conv, dx=_shift_dx, dw=_shift_dw)
@@ -115,12 +144,16 @@ def depthwise_weight_grad(x, dy, kernel, spec: ConvSpec):
 
     A loop over blocks of channels, each small enough to stay in cache while its
     ``∏k`` sums read it (one pass over the whole tensor per tap is 2-3x slower on
-    CPU). At stride 1, a loop over taps within a block, so that one window exists
-    at a time: XLA's CPU backend copies out every window it is given at once, 8-27
-    times the input's memory, and the loop was also 1.0-1.7x faster. Strided
-    windows are smaller, and there the static ones were 2x faster than the loop;
-    static ones also keep a split spatial axis local (the loop's dynamic slices
-    would gather it), so off CPU or split the windows stay static.
+    CPU). Within a block, a loop over taps, so that one window exists at a time:
+    XLA's CPU backend copies out every window it is given at once, 8-27 times the
+    input's memory at stride 1, and the loop was also 1.0-1.7x faster. Strided, the
+    block is first split into its stride phases (``x[s·q + r]`` for each ``r``), so
+    that each tap's window is a unit-stride slice of one phase. Where the strided
+    windows together hold at most 8 inputs (``∏k / ∏s <= 8``: 3x3 and 5x5 at stride 2)
+    they stay static instead, which ran 1.2-2.4x faster than the phase copy; beyond,
+    static windows held 2.5-4.4x xla's temporaries (7x7 and 9x9 at stride 2) and the
+    loop was 1.2-2.3x faster. Static windows also keep a split spatial axis local
+    (the loop's dynamic slices would gather it), so off CPU or split they stay static.
     Channels are never sharded, so the loops keep batch and space sharding.
     """
     g, batch, n = spec.groups, x.shape[0], len(kernel)
@@ -129,25 +162,52 @@ def depthwise_weight_grad(x, dy, kernel, spec: ConvSpec):
     block = group_block(g, plane)
     sub, acc, out = spec._replace(groups=block), accumulator(dy.dtype), dy.shape[2:]
     axes = (0, *range(3, dy.ndim + 1))
-    starts = jnp.asarray(np.array(list(np.ndindex(*kernel))) * np.array(spec.dilation), jnp.int32)
+    stride = np.array(spec.stride)
+    starts = np.array(list(np.ndindex(*kernel))) * np.array(spec.dilation)  # (taps, n)
+    # per tap: its stride phase, and its window's start within that phase
+    lengths = [int(v) for v in starts.max(axis=0) // stride + np.array(out)]
+    table = np.concatenate(
+        [np.ravel_multi_index(tuple((starts % stride).T), spec.stride)[:, None], starts // stride],
+        axis=1,
+    )
+    static = math.prod(kernel) <= 8 * math.prod(spec.stride) and stride.max() > 1
 
     def one(i):
         xs = lax.dynamic_slice_in_dim(x, i * block, block, axis=1)
         xs = xs.reshape(batch, block, 1, *x.shape[2:]).astype(acc)
         ds = lax.dynamic_slice_in_dim(dy, i * block * mult, block * mult, axis=1)
         ds = ds.reshape(batch, block, mult, *out).astype(acc)
-        if any(s > 1 for s in spec.stride) or not spec.widen:  # (widen: CPU, unsplit)
+        if static or not spec.widen:  # (widen: CPU, unsplit)
             return jnp.stack([jnp.sum(xt * ds, axis=axes) for _, xt in windows(xs, kernel, sub)])
-        xs = pad_trailing(xs, spec.pads)
+        phases = _phases(xs, spec, lengths)  # (∏s, N, block, 1, *lengths)
 
-        def tap(start):
-            at = (0, 0, 0, *(start[j] for j in range(n)))
-            return jnp.sum(lax.dynamic_slice(xs, at, (*xs.shape[:3], *out)) * ds, axis=axes)
+        def tap(row):
+            at = (row[0], 0, 0, 0, *(row[1 + j] for j in range(n)))
+            window = lax.dynamic_slice(phases, at, (1, *phases.shape[1:4], *out))[0]
+            return jnp.sum(window * ds, axis=axes)
 
-        return lax.map(tap, starts)  # (taps, block, m)
+        return lax.map(tap, jnp.asarray(table, jnp.int32))  # (taps, block, m)
 
     dw = lax.map(one, jnp.arange(g // block))  # (blocks, taps, block, m)
     return jnp.moveaxis(dw, 1, -1).reshape(g * mult, 1, *kernel).astype(dy.dtype)
+
+
+def _phases(x, spec: ConvSpec, lengths):
+    """The zero-padded ``x`` (..., *sp) split into its stride phases, (∏s, ..., *lengths):
+    phase ``r`` holds ``x_pad[s·q + r]`` for ``q < lengths``."""
+    n, lead = len(lengths), x.ndim - len(lengths)
+    x = pad_trailing(
+        x,
+        [
+            (lo, s * size - lo - i)
+            for (lo, _), s, size, i in zip(spec.pads, spec.stride, lengths, x.shape[lead:])
+        ],
+    )
+    x = x.reshape(*x.shape[:lead], *(v for s, size in zip(spec.stride, lengths) for v in (size, s)))
+    x = x.transpose(
+        *(lead + 1 + 2 * j for j in range(n)), *range(lead), *(lead + 2 * j for j in range(n))
+    )
+    return x.reshape(math.prod(spec.stride), *x.shape[n:])
 
 
 def tap_weight_grad(x, dy, kernel, spec: ConvSpec):
