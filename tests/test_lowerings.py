@@ -393,7 +393,7 @@ def test_planner_keeps_small_or_wide_layers_small_batch_stems_and_heavy_1x1_on_x
         ),
         # shift's input gradient in a loop over channel blocks: given the cotangent of a
         # loss of the output whole, XLA re-ran the forward in each of its windows (3x3:
-        # 3.0x xla's temporaries, 5x5 at stride 2: 3.6x)
+        # 3.0x xla's temporaries, 5x5 at stride 2: 3.6x, 3x3x3 at stride 2: 2.0x)
         (jconv.Conv2d(96, 96, 3, padding=1, groups=96), (8, 96, 56, 56), "train", "float32"),
         (
             jconv.Conv2d(96, 96, 5, stride=2, padding=2, groups=96),
@@ -402,6 +402,12 @@ def test_planner_keeps_small_or_wide_layers_small_batch_stems_and_heavy_1x1_on_x
             "float32",
         ),
         (jconv.Conv1d(256, 256, 7, padding=3, groups=256), (8, 256, 2000), "train", "float32"),
+        (
+            jconv.Conv3d(32, 32, 3, stride=2, padding=1, groups=32),
+            (2, 32, 16, 32, 32),
+            "train",
+            "float32",
+        ),
         # subpixel gradients at batch 8: widened's ragged batch block (was 2.2x)
         (
             jconv.ConvTranspose1d(256, 128, 8, stride=4, padding=2),

@@ -25,6 +25,7 @@ from jax import lax
 
 from jconv.lowering import custom, phases, xla
 from jconv.lowering.common import (
+    BLOCK_BYTES,
     accumulator,
     flip_swap,
     group_block,
@@ -91,9 +92,11 @@ def _shift_strided_dx(w, dy, spec: ConvSpec):
     """Input gradient of a strided shift conv: the sub-pixel transposed conv of ``dy``,
     its stride-1 conv a shift conv (autodiff's transposes of the strided windows held
     8x xla's temporary memory on a 3x3 stride-2 conv with 4 channels per group). With
-    more than 4 taps per stride phase, over blocks of groups (``_dx_groups``: 5x5 and
-    7x7 at stride 2 held 3.6x and 7.6x xla's temporaries under a loss of ``y²``); with
-    fewer, whole (3x3 at stride 2: 1.0x; MobileNetV2's step ran 0.85x in the loop).
+    more than 4 taps in a stride phase, over blocks of groups (``_dx_groups``: under a
+    loss of ``y²``, 5x5 and 7x7 at stride 2 held 3.6x and 7.6x xla's temporaries, and
+    3x3x3 at stride 2 ran 246 ms against 26 ms in the loop on 2x64x16x32²); with 4
+    or fewer, whole (3x3 at stride 2: 1.0x xla's; MobileNetV2's step ran 0.85x in the
+    loop).
     ``output_padding`` holds the input rows past the
     last window (``with_input_past``). Only where ``spec.widen`` (CPU, input on one
     device): its depth-to-space interleave would gather a height-split input, which
@@ -102,7 +105,12 @@ def _shift_strided_dx(w, dy, spec: ConvSpec):
     def form(dy, w, spec):
         return phases.conv_transpose(dy, w, spec._replace(transposed=True), shift_conv)
 
-    if math.prod(w.shape[2:]) <= 4 * math.prod(spec.stride):  # few taps per phase
+    # the most kernel taps one stride phase gets, per dimension
+    per_phase = [
+        max(np.bincount(d * np.arange(k) % s))
+        for k, s, d in zip(w.shape[2:], spec.stride, spec.dilation)
+    ]
+    if math.prod(per_phase) <= 4:
         return form(dy, w, spec)
     return _dx_groups(form, dy, w, spec)
 
@@ -159,7 +167,7 @@ def depthwise_weight_grad(x, dy, kernel, spec: ConvSpec):
     g, batch, n = spec.groups, x.shape[0], len(kernel)
     mult = dy.shape[1] // g
     plane = batch * math.prod(x.shape[2:]) * x.dtype.itemsize
-    block = group_block(g, plane)
+    block = group_block(g, plane, min(BLOCK_BYTES, max(plane, x.size * x.dtype.itemsize // 4)))
     sub, acc, out = spec._replace(groups=block), accumulator(dy.dtype), dy.shape[2:]
     axes = (0, *range(3, dy.ndim + 1))
     stride = np.array(spec.stride)
@@ -170,7 +178,7 @@ def depthwise_weight_grad(x, dy, kernel, spec: ConvSpec):
         [np.ravel_multi_index(tuple((starts % stride).T), spec.stride)[:, None], starts // stride],
         axis=1,
     )
-    static = math.prod(kernel) <= 8 * math.prod(spec.stride) and stride.max() > 1
+    static = math.prod(kernel) <= 8 * math.prod(spec.stride) and stride.max() > 1 and n < 3
 
     def one(i):
         xs = lax.dynamic_slice_in_dim(x, i * block, block, axis=1)
