@@ -174,6 +174,8 @@ def test_fft_matches_a_direct_sum_on_a_31x31_depthwise_kernel():
         (jconv.Conv2d(128, 128, 3, padding=1, groups=4), "pergroup"),
         (jconv.ConvTranspose2d(128, 64, 4, stride=2, padding=1), "subpixel"),
         (jconv.Conv3d(32, 32, 3, padding=1), "fold"),
+        (jconv.Conv3d(32, 32, (3, 1, 1), padding=(1, 0, 0)), "xla"),
+        (jconv.Conv3d(32, 32, (1, 1, 3), padding=(0, 0, 1)), "fold"),
         (jconv.Conv1d(64, 64, 3, padding=1), "xla"),
     ],
 )

@@ -50,7 +50,8 @@ def plan(
       ``"shift"`` up to 49 taps, then ``"xla"`` (the FFT would gather the batch);
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
       ``"pergroup"`` beyond in 1-d and 2-d (3-d: xla; pergroup 0.70x, 4.9x memory);
-    * dense 3-d: ``"fold"`` (``"xla"`` when split in space);
+    * dense 3-d: ``"fold"`` (``"xla"`` when split in space, or for a kernel of
+      one tap in the plane, k×1×1);
     * dense 2-d float32 or bfloat16 with more than 16 channels in or out, 8 to 64 in the
       narrower, no dilation, a stride-1 dimension of 16 or more to widen, on
       one device: ``"widened"`` (at any batch, since its weight gradient is
@@ -90,7 +91,10 @@ def plan(
             return "shift"
         return "pergroup" if cfg.ndim <= 2 or split else "xla"
     if cfg.ndim == 3:
-        return "xla" if space_split else "fold"
+        # a depth-only kernel folds into a 1x1 plane conv, which ran 0.69-0.74x xla's
+        # (R(2+1)D's 3x1x1 on 2x64x8x56², 2x32x16x32² -> 64; 5x1x1 on 2x64x8x28²)
+        flat = math.prod(cfg.kernel_size[1:]) == 1
+        return "xla" if space_split or flat else "fold"
     if cfg.ndim == 2 and not split and _widens(cfg, dtype, x_shape):
         return "widened"
     if cfg.ndim == 2 and not split and _stem(cfg, dtype) and x_shape[0] >= 8:
