@@ -96,11 +96,10 @@ def _shift_strided_dx(w, dy, spec: ConvSpec):
     loss of ``y²``, 5x5 and 7x7 at stride 2 held 3.6x and 7.6x xla's temporaries, and
     3x3x3 at stride 2 ran 246 ms against 26 ms in the loop on 2x64x16x32²); with 4
     or fewer, whole (3x3 at stride 2: 1.0x xla's; MobileNetV2's step ran 0.85x in the
-    loop).
-    ``output_padding`` holds the input rows past the
-    last window (``with_input_past``). Only where ``spec.widen`` (CPU, input on one
-    device): its depth-to-space interleave would gather a height-split input, which
-    autodiff's transposes keep local."""
+    loop). ``output_padding`` holds the input rows past the last window
+    (``with_input_past``). Only where ``spec.widen`` (CPU, input on one device): its
+    depth-to-space interleave would gather a height-split input, which autodiff's
+    transposes keep local."""
 
     def form(dy, w, spec):
         return phases.conv_transpose(dy, w, spec._replace(transposed=True), shift_conv)
