@@ -16,6 +16,7 @@ gradient, the slow part on CPU, by the per-tap products.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -63,12 +64,13 @@ def _shift_dx(w, dy, spec: ConvSpec):
 
 
 def _dx_groups(form, dy, w, spec: ConvSpec):
-    """``form(dy, w, spec)``, an input gradient, in a loop over at least two blocks of
-    groups. Given ``dy`` whole, XLA fused the cotangent's producers into the windows
-    of ``dy`` they feed: with a loss of ``sin(y)``, the forward's multiply-adds ran
-    again in every window of the input gradient, from a copy of every input window
-    (8x96x56² 3x3: 105 ms and 83 MB of temporaries against 30 ms and 19 MB in a
-    loop; 5x5: 8.3x xla's memory). A loop's operand is one materialized array."""
+    """``form(dy, w, spec)`` (an input gradient, or a forward under differentiation) in
+    a loop over at least two blocks of groups. Given ``dy`` whole, XLA fused the
+    cotangent's producers into the windows of ``dy`` they feed: with a loss of
+    ``sin(y)``, the forward's multiply-adds ran again in every window of the input
+    gradient, from a copy of every input window (8x96x56² 3x3: 105 ms and 83 MB of
+    temporaries against 30 ms and 19 MB in a loop; 5x5: 8.3x xla's memory). A loop's
+    operand is one materialized array."""
     g = spec.groups
     if g < 2:
         return form(dy, w, spec)
@@ -104,14 +106,35 @@ def _shift_strided_dx(w, dy, spec: ConvSpec):
     def form(dy, w, spec):
         return phases.conv_transpose(dy, w, spec._replace(transposed=True), shift_conv)
 
-    # the most kernel taps one stride phase gets, per dimension
-    per_phase = [
-        max(np.bincount(d * np.arange(k) % s))
-        for k, s, d in zip(w.shape[2:], spec.stride, spec.dilation)
-    ]
-    if math.prod(per_phase) <= 4:
+    if _phase_taps(w.shape[2:], spec) <= 4:
         return form(dy, w, spec)
     return _dx_groups(form, dy, w, spec)
+
+
+def _phase_taps(kernel, spec: ConvSpec) -> int:
+    """The most kernel taps one stride phase gets."""
+    return math.prod(
+        max(np.bincount(d * np.arange(k) % s))
+        for k, s, d in zip(kernel, spec.stride, spec.dilation)
+    )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _strided_trained(x, w, spec: ConvSpec):
+    """The strided shift conv; differentiated, its output comes from a loop over blocks
+    of groups (``_dx_groups``): with jaxlib 0.8.2's XLA and a bias, the fused forward
+    of a 7x7 stride-2 layer was copied into the gradient's consumers with every tap
+    window (105 MB of temporaries against xla's 14 MB under a loss of ``sin(y)``)."""
+    return custom.bilinear("shift_strided", x, w, spec)
+
+
+@_strided_trained.defjvp
+def _strided_trained_jvp(spec, primals, tangents):
+    (x, w), (dx, dw) = primals, tangents
+    y = _dx_groups(shift_conv, x, w, spec)
+    return y, custom.bilinear("shift_strided", dx, w, spec) + custom.bilinear(
+        "shift_strided", x, dw, spec
+    )
 
 
 custom.register("shift", shift_conv, dx=_shift_dx, dw=_shift_dw)
@@ -143,7 +166,9 @@ def shift(x, w, spec: ConvSpec):
         return _keep_loop_fusion(custom.bilinear("shift_strided_split", x, w, spec))
     x, spec = xla.within_reach(x, w.shape[2:], spec)
     spec = with_input_past(x.shape, w.shape[2:], spec)
-    return _keep_loop_fusion(custom.bilinear("shift_strided", x, w, spec))
+    if _phase_taps(w.shape[2:], spec) <= 4:
+        return _keep_loop_fusion(custom.bilinear("shift_strided", x, w, spec))
+    return _keep_loop_fusion(_strided_trained(x, w, spec))
 
 
 def depthwise_weight_grad(x, dy, kernel, spec: ConvSpec):
