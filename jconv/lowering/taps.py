@@ -59,11 +59,13 @@ def shift_conv(x, w, spec: ConvSpec):
 
 def _shift_dx(w, dy, spec: ConvSpec):
     """Input gradient of a stride-1 shift conv: a shift conv of ``dy``, over blocks of
-    groups (``_dx_groups``)."""
-    return _dx_groups(shift_conv, dy, flip_swap(w, spec.groups), transposed_spec(spec, w.shape[2:]))
+    groups (``_in_group_loop``)."""
+    return _in_group_loop(
+        shift_conv, dy, flip_swap(w, spec.groups), transposed_spec(spec, w.shape[2:])
+    )
 
 
-def _dx_groups(form, dy, w, spec: ConvSpec):
+def _in_group_loop(form, dy, w, spec: ConvSpec):
     """``form(dy, w, spec)`` (an input gradient, or a forward under differentiation) in
     a loop over at least two blocks of groups. Given ``dy`` whole, XLA fused the
     cotangent's producers into the windows of ``dy`` they feed: with a loss of
@@ -94,7 +96,7 @@ def _shift_strided_dx(w, dy, spec: ConvSpec):
     """Input gradient of a strided shift conv: the sub-pixel transposed conv of ``dy``,
     its stride-1 conv a shift conv (autodiff's transposes of the strided windows held
     8x xla's temporary memory on a 3x3 stride-2 conv with 4 channels per group). With
-    more than 4 taps in a stride phase, over blocks of groups (``_dx_groups``: under a
+    more than 4 taps in a stride phase, over blocks of groups (``_in_group_loop``: under a
     loss of ``y²``, 5x5 and 7x7 at stride 2 held 3.6x and 7.6x xla's temporaries, and
     3x3x3 at stride 2 ran 246 ms against 26 ms in the loop on 2x64x16x32²); with 4
     or fewer, whole (3x3 at stride 2: 1.0x xla's; MobileNetV2's step ran 0.85x in the
@@ -108,7 +110,7 @@ def _shift_strided_dx(w, dy, spec: ConvSpec):
 
     if _phase_taps(w.shape[2:], spec) <= 4:
         return form(dy, w, spec)
-    return _dx_groups(form, dy, w, spec)
+    return _in_group_loop(form, dy, w, spec)
 
 
 def _phase_taps(kernel, spec: ConvSpec) -> int:
@@ -122,7 +124,7 @@ def _phase_taps(kernel, spec: ConvSpec) -> int:
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _strided_trained(x, w, spec: ConvSpec):
     """The strided shift conv; differentiated, its output comes from a loop over blocks
-    of groups (``_dx_groups``): with jaxlib 0.8.2's XLA and a bias, the fused forward
+    of groups (``_in_group_loop``): with jaxlib 0.8.2's XLA and a bias, the fused forward
     of a 7x7 stride-2 layer was copied into the gradient's consumers with every tap
     window (105 MB of temporaries against xla's 14 MB under a loss of ``sin(y)``)."""
     return custom.bilinear("shift_strided", x, w, spec)
@@ -131,7 +133,7 @@ def _strided_trained(x, w, spec: ConvSpec):
 @_strided_trained.defjvp
 def _strided_trained_jvp(spec, primals, tangents):
     (x, w), (dx, dw) = primals, tangents
-    y = _dx_groups(shift_conv, x, w, spec)
+    y = _in_group_loop(shift_conv, x, w, spec)
     return y, custom.bilinear("shift_strided", dx, w, spec) + custom.bilinear(
         "shift_strided", x, dw, spec
     )
@@ -184,8 +186,10 @@ def depthwise_weight_grad(x, dy, kernel, spec: ConvSpec):
     windows together hold at most 8 inputs (``∏k / ∏s <= 8``: 3x3 and 5x5 at stride 2)
     they stay static instead, which ran 1.2-2.4x faster than the phase copy; beyond,
     static windows held 2.5-4.4x xla's temporaries (7x7 and 9x9 at stride 2) and the
-    loop was 1.2-2.3x faster. Static windows also keep a split spatial axis local
-    (the loop's dynamic slices would gather it), so off CPU or split they stay static.
+    loop was 1.2-2.3x faster; 3-d strided windows always take the phase loop (3x3x3
+    at stride 2: static, 4.8x xla's temporaries). A block holds at most a quarter of
+    the input. Static windows also keep a split spatial axis local (the loop's dynamic
+    slices would gather it), so off CPU or split they stay static.
     Channels are never sharded, so the loops keep batch and space sharding.
     """
     g, batch, n = spec.groups, x.shape[0], len(kernel)
