@@ -88,7 +88,7 @@ def test_edge_case_works_and_matches_torch(torch, name, cfg, shape):
 
 NONFINITE = [
     jconv.Conv2d(3, 4, 3, padding=1),  # xla
-    jconv.Conv2d(32, 32, 3, padding=1),  # widened
+    jconv.Conv2d(32, 32, 3, padding=1, algorithm="widened"),
     jconv.Conv2d(32, 32, 3, padding=1, algorithm="tapgrad"),
     jconv.Conv2d(8, 8, 3, padding=1, groups=8),  # shift
     jconv.Conv2d(8, 8, 3, stride=2, padding=1, groups=4),  # shift, strided

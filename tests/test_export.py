@@ -96,14 +96,14 @@ def test_a_custom_initializer_is_refused_by_name():
 # a plan per platform, chosen when the program is lowered
 
 # layers whose CPU plan is not plain XLA: depthwise (shift, fft), 1x1 (matmul),
-# dense 3-d (fold), strided transposed (subpixel), a float32 3x3 on 16x16 (widened)
+# dense 3-d (fold), strided transposed (subpixel), a float32 3x3 on 8x32x32² (widened)
 PLATFORM_CASES = [
     (jconv.Conv2d(16, 16, 3, padding=1, groups=16), (2, 16, 12, 12)),
     (jconv.Conv2d(16, 16, 7, padding=3, groups=16), (2, 16, 12, 12)),
     (jconv.Conv2d(16, 32, 1), (2, 16, 8, 8)),
     (jconv.Conv3d(4, 8, 3, padding=1), (1, 4, 6, 6, 6)),
     (jconv.ConvTranspose1d(8, 4, 8, stride=4, padding=2), (2, 8, 16)),
-    (jconv.Conv2d(24, 24, 3, padding=1), (2, 24, 16, 16)),
+    (jconv.Conv2d(32, 32, 3, padding=1), (8, 32, 32, 32)),
 ]
 PLATFORM_IDS = ["depthwise3", "depthwise7", "pointwise", "conv3d", "transposed1d", "widened"]
 

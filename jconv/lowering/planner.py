@@ -54,9 +54,10 @@ def plan(
       one tap in the plane, k×1×1);
     * dense 2-d float32 or bfloat16 with more than 16 channels in or out, 8 to 64 in the
       narrower, no dilation, a stride-1 dimension of 16 or more to widen, on
-      one device: ``"widened"`` (at any batch, since its weight gradient is
-      XLA's own over blocks of 8 images; over 16-feature blocks it had lost up to
-      7.6x at batch 1 to 8);
+      one device, within ``WIDENED`` (3x3 or smaller, 1e8 flops or more, outputs of
+      56² or less unless 1,536 channel pairs or fewer): ``"widened"`` (at any batch,
+      since its weight gradient is XLA's own over blocks of 8 images; over
+      16-feature blocks it had lost up to 7.6x at batch 1 to 8);
     * dense 2-d float32 stems, strided in every dimension, with at most 4 input
       channels and a kernel of at least 3 stride blocks per dimension, batch of
       8 or more, on one device: ``"s2d"`` (whose stride-1 conv is widened; at
@@ -146,8 +147,9 @@ def _stem(cfg: Any, dtype: Any) -> bool:
 def _widens(cfg: Any, dtype: Any, x_shape: tuple[int, ...]) -> bool:
     """Whether ``"widened"`` keeps this 2-d conv off XLA's YNNPACK path (see its module)
     where that was measured to pay: more than 16 channels in or out, 8 to 64 in the
-    narrower of the two (128 -> 128 at 28² and below: 0.8-1.0x xla's), and at least
-    16 outputs along the widened dimension (the extra row costs 1/16 or less)."""
+    narrower of the two (128 -> 128 at 28² and below: 0.8-1.0x xla's), at least 16
+    outputs along the widened dimension (the extra row costs 1/16 or less), and inside
+    the region where its wins held (``WIDENED``)."""
     wide = (
         max(cfg.in_channels, cfg.out_channels) > FEATURES
         and 8 <= min(cfg.in_channels, cfg.out_channels) <= 64
@@ -162,4 +164,31 @@ def _widens(cfg: Any, dtype: Any, x_shape: tuple[int, ...]) -> bool:
     if not wide or all(strided) or str(jnp.dtype(dtype)) not in ("float32", "bfloat16"):
         return False
     size = [n // s for n, s in zip(x_shape[2:], cfg.stride)]  # about the output's size
-    return min(n for n, flat in zip(size, strided) if not flat) >= 16
+    if min(n for n, flat in zip(size, strided) if not flat) < 16:
+        return False
+    taps, pixels = math.prod(cfg.kernel_size), math.prod(size)
+    flops = 2 * x_shape[0] * cfg.in_channels * cfg.out_channels * taps * pixels
+    return (
+        taps <= WIDENED["taps"]
+        and flops >= WIDENED["flops"]
+        and (
+            pixels <= WIDENED["pixels"]
+            or cfg.in_channels * cfg.out_channels <= WIDENED["channel_pairs"]
+        )
+    )
+
+
+# Where ``"widened"`` won, from sweeps of dense stride-1 2-d layers outside the grid
+# (x xla, forward / forward+backward, one process, interleaved medians). Past these
+# bounds its Eigen kernel ran even with or slower than XLA's YNNPACK path, so "xla":
+# * taps: 5x5 kernels never clearly won training (forward+backward 0.86-1.08x over
+#   seven shapes; 32 -> 32 on 8x128²: 0.69-0.86x forward);
+# * flops: batch-1 layers under 1e8 flops (32 -> 32 at 56², 64 -> 64 at 28², about
+#   0.4 ms) ran 0.82-1.08x forward, 0.84-1.09x forward+backward;
+# * pixels / channel_pairs: wider than 1,536 channel pairs (48 -> 48 and up), only up
+#   to 56² outputs: 64 -> 64 at 112² to 256² ran 0.86-1.03x forward and 0.88-0.99x
+#   forward+backward (batch 1 to 8), 48 -> 48 at 224² 0.88x forward, 64 -> 128 at 64²
+#   (a grid row) 0.93-0.94x forward+backward; at 56² and below 64 -> 64 ran 1.45-1.68x
+#   / 1.01-1.41x. Narrower pairs won at every size tried (32 -> 32 up to 256², 24 ->
+#   48 at 200², 16 -> 64 at 112²: 1.15-1.72x forward, 1.03-1.62x forward+backward).
+WIDENED = {"taps": 9, "flops": 1e8, "pixels": 56 * 56, "channel_pairs": 1536}
