@@ -72,6 +72,9 @@ SMALL = [
         (2, 3, 3, 4),
     ),
     ("subpixel", jconv.ConvTranspose1d(2, 3, 6, stride=3, padding=2), (1, 2, 5)),
+    # kernels equal to the stride: the sub-pixel forward as products over channels
+    ("subpixel", jconv.ConvTranspose2d(3, 2, 2, stride=2), (2, 3, 3, 4)),
+    ("subpixel", jconv.ConvTranspose1d(4, 3, 3, stride=3, padding=1), (3, 4, 2)),
     # strided depthwise with many taps: the weight gradient over stride phases
     ("shift", jconv.Conv2d(2, 4, 7, stride=2, padding=(3, 1), groups=2), (1, 2, 9, 8)),
     ("shift", jconv.Conv1d(2, 2, 17, stride=2, padding=((3, 8),), groups=2), (2, 2, 23)),

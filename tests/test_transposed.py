@@ -3,6 +3,9 @@ and the lowerings agreeing with each other."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -83,6 +86,50 @@ def test_lowerings_agree_forward_and_gradients(seed):
         results.append(jconv_grads(cfg, x, w, b, gy, case.jit, case.output_size))
     assert_matches(results[1], results[0], case, 1e-5)
     assert_matches(results[2], results[0], case, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "cfg, shape, branch",
+    [
+        (jconv.ConvTranspose2d(3, 2, 2, stride=2), (2, 3, 3, 4), "matmul"),
+        (jconv.ConvTranspose2d(3, 2, 2, stride=2, dtype=jnp.bfloat16), (2, 3, 3, 4), "matmul"),
+        (
+            jconv.ConvTranspose1d(4, 3, 3, stride=3, padding=1, output_padding=1),
+            (3, 4, 2),
+            "einsum",
+        ),
+        (
+            jconv.ConvTranspose2d(2, 3, (2, 3), stride=(2, 3), padding=(0, 1)),
+            (5, 2, 2, 3),
+            "einsum",
+        ),
+        (jconv.ConvTranspose2d(8, 4, 2, stride=2), (1, 8, 1, 1), "xla"),
+        (jconv.ConvTranspose2d(4, 4, 2, stride=2, groups=2), (2, 4, 3, 3), "xla"),
+    ],
+)
+def test_subpixel_with_kernel_equal_to_stride_equals_xla(cfg, shape, branch):
+    """Kernels equal to their stride: each phase's sub-kernel is one tap, and the sub-pixel
+    forward is a matrix product over channels (the weight broadcast over the batch while
+    that stays within one input: ``branch`` "matmul"; one product while the weight stays
+    within four inputs: "einsum"; else XLA's conv). Forward and gradients equal xla's."""
+    from jconv.lowering import subpixel
+
+    sub = (math.prod(cfg.stride) * cfg.out_channels, cfg.in_channels // cfg.groups)
+    assert subpixel.one_tap_form(shape, sub, cfg.groups) == branch
+    x = jax.random.normal(jax.random.key(0), shape, cfg.dtype)
+    results = []
+    for name in ("xla", "subpixel"):
+        forced = dataclasses.replace(cfg, algorithm=name)
+        params = jconv.init(jax.random.key(1), forced)
+
+        def f(w, b, x, forced=forced):
+            return jconv.apply(jconv.Params(w, b, forced), x)
+
+        y, vjp = jax.vjp(f, params.weight, params.bias, x)
+        results.append((y, *vjp(jnp.cos(y))))
+    tol = 2e-2 if cfg.dtype == jnp.bfloat16 else 2e-5
+    for got, want in zip(results[1], results[0]):
+        chex.assert_trees_all_close(got, want, atol=tol * float(jnp.abs(want).max()))
 
 
 @pytest.mark.parametrize("seed", tiered(range(5000, 5040), 5))
