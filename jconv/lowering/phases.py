@@ -19,6 +19,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jconv import shapes
 from jconv.lowering.spec import ConvSpec
@@ -61,6 +62,27 @@ def _tap_index(kernel: tuple[int, ...], axes: list[_Axis]) -> np.ndarray:
     return index
 
 
+def _sub_kernels(w: jnp.ndarray, axes: list[_Axis], dilation) -> jnp.ndarray:
+    """(C_in, C_out/g, *phases, *taps): each phase's sub-kernel from ``w``
+    (C_in, C_out/g, *k), exact (no multiply by one-hot masks).
+
+    Undilated, tap ``t = s·j + r`` is phase ``r``'s spot ``taps − 1 − j``: the kernel
+    zero-padded to ``taps·s``, split into ``(taps, s)``, reversed along ``taps`` and
+    transposed. Its transpose (in the weight gradient) is one copy as well, where a
+    gather's is a scatter into a second weight-sized buffer (HiFi-GAN's 16-tap
+    stride-8 upsampler at batch 1: 17.3 against XLA's 8.4 MB). A dilated strided
+    dimension takes the gather (:func:`_tap_index`)."""
+    n, kernel = len(axes), w.shape[2:]
+    if any(a.phases > 1 and d > 1 for a, d in zip(axes, dilation)):
+        flat = w.reshape(*w.shape[:2], math.prod(kernel))
+        flat = jnp.concatenate([flat, jnp.zeros((*w.shape[:2], 1), w.dtype)], axis=2)
+        return flat[:, :, _tap_index(kernel, axes)]
+    w = jnp.pad(w, ((0, 0), (0, 0), *((0, a.taps * a.phases - k) for a, k in zip(axes, kernel))))
+    w = w.reshape(*w.shape[:2], *(v for a in axes for v in (a.taps, a.phases)))
+    w = lax.rev(w, tuple(2 + 2 * i for i in range(n)))
+    return w.transpose(0, 1, *(3 + 2 * i for i in range(n)), *(2 + 2 * i for i in range(n)))
+
+
 def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec, conv) -> jnp.ndarray:
     """torch's transposed convolution of ``x`` (N, C_in, *sp) with ``w`` (C_in, C_out/g, *k);
     ``conv(x, w, spec)`` runs its stride-1 convolution (its ``spec`` holds the zero pads)."""
@@ -78,11 +100,9 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec, conv) -> jnp.
     ]
     phases, taps = [a.phases for a in axes], [a.taps for a in axes]
 
-    # Sub-kernels by gather (exact: no multiply by one-hot masks), laid out as the
+    # Sub-kernels (exact: no multiply by one-hot masks), laid out as the
     # weight of a grouped forward conv whose output channels are (group, c, phase).
-    flat = w.reshape(cin, per_group, math.prod(kernel))
-    flat = jnp.concatenate([flat, jnp.zeros((cin, per_group, 1), w.dtype)], axis=2)
-    sub = flat[:, :, _tap_index(kernel, axes)]  # (C_in, C_out/g, *phases, *taps)
+    sub = _sub_kernels(w, axes, spec.dilation)  # (C_in, C_out/g, *phases, *taps)
     sub = sub.reshape(groups, cin // groups, per_group, *phases, *taps)
     order = (0, 2, *range(3, 3 + n), 1, *range(3 + n, 3 + 2 * n))
     sub = sub.transpose(order).reshape(cout * math.prod(phases), cin // groups, *taps)
