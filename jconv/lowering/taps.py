@@ -108,17 +108,20 @@ def _shift_strided_dx(w, dy, spec: ConvSpec):
     def form(dy, w, spec):
         return phases.conv_transpose(dy, w, spec._replace(transposed=True), shift_conv)
 
-    if _phase_taps(w.shape[2:], spec) <= 4:
+    if not _strided_loops(w.shape[2:], spec):
         return form(dy, w, spec)
     return _in_group_loop(form, dy, w, spec)
 
 
-def _phase_taps(kernel, spec: ConvSpec) -> int:
-    """The most kernel taps one stride phase gets."""
-    return math.prod(
+def _strided_loops(kernel, spec: ConvSpec) -> bool:
+    """Whether a strided shift conv's input gradient and its differentiated forward
+    run over blocks of groups (``_in_group_loop``): where a stride phase gets more than 4
+    kernel taps. One test for both, so that they always agree."""
+    phase_taps = math.prod(
         max(np.bincount(d * np.arange(k) % s))
         for k, s, d in zip(kernel, spec.stride, spec.dilation)
     )
+    return phase_taps > 4
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -168,7 +171,7 @@ def shift(x, w, spec: ConvSpec):
         return _keep_loop_fusion(custom.bilinear("shift_strided_split", x, w, spec))
     x, spec = xla.within_reach(x, w.shape[2:], spec)
     spec = with_input_past(x.shape, w.shape[2:], spec)
-    if _phase_taps(w.shape[2:], spec) <= 4:
+    if not _strided_loops(w.shape[2:], spec):
         return _keep_loop_fusion(custom.bilinear("shift_strided", x, w, spec))
     return _keep_loop_fusion(_strided_trained(x, w, spec))
 
