@@ -371,7 +371,8 @@ def test_planner_keeps_small_or_wide_layers_small_batch_stems_and_heavy_1x1_on_x
     wide = jconv.Conv2d(128, 128, 3, padding=1)
     assert plan(wide, (8, 128, 28, 28), jnp.float32, "cpu") == "xla"
     # layers outside the grid: widened only within the region where it won (WIDENED)
-    assert plan(dense, (4, 64, 112, 112), jnp.float32, "cpu") == "xla"  # 64x64 past 56²
+    assert plan(dense, (4, 64, 112, 112), jnp.float32, "cpu") == "xla"  # 64x64 x 112² > 3e7
+    assert plan(dense, (4, 64, 64, 64), jnp.float32, "cpu") == "widened"
     assert plan(dense, (1, 64, 28, 28), jnp.float32, "cpu") == "xla"  # under 1e8 flops
     assert plan(dense, (2, 64, 28, 28), jnp.float32, "cpu") == "widened"
     narrow = jconv.Conv2d(32, 32, 3, padding=1)

@@ -54,8 +54,8 @@ def plan(
       one tap in the plane, k×1×1);
     * dense 2-d float32 or bfloat16 with more than 16 channels in or out, 8 to 64 in the
       narrower, no dilation, a stride-1 dimension of 16 or more to widen, on
-      one device, within ``WIDENED`` (3x3 or smaller, 1e8 flops or more, outputs of
-      56² or less unless 1,536 channel pairs or fewer): ``"widened"`` (at any batch,
+      one device, within ``WIDENED`` (3x3 or smaller, 1e8 flops or more, channel
+      pairs x output pixels at most 3e7 unless 1,536 pairs or fewer): ``"widened"`` (at any batch,
       since its weight gradient is XLA's own over blocks of 8 images; over
       16-feature blocks it had lost up to 7.6x at batch 1 to 8);
     * dense 2-d float32 stems, strided in every dimension, with at most 4 input
@@ -167,14 +167,12 @@ def _widens(cfg: Any, dtype: Any, x_shape: tuple[int, ...]) -> bool:
     if min(n for n, flat in zip(size, strided) if not flat) < 16:
         return False
     taps, pixels = math.prod(cfg.kernel_size), math.prod(size)
-    flops = 2 * x_shape[0] * cfg.in_channels * cfg.out_channels * taps * pixels
+    pairs = cfg.in_channels * cfg.out_channels
+    flops = 2 * x_shape[0] * pairs * taps * pixels
     return (
         taps <= WIDENED["taps"]
         and flops >= WIDENED["flops"]
-        and (
-            pixels <= WIDENED["pixels"]
-            or cfg.in_channels * cfg.out_channels <= WIDENED["channel_pairs"]
-        )
+        and (pairs <= WIDENED["channel_pairs"] or pairs * pixels <= WIDENED["pair_pixels"])
     )
 
 
@@ -185,10 +183,13 @@ def _widens(cfg: Any, dtype: Any, x_shape: tuple[int, ...]) -> bool:
 #   seven shapes; 32 -> 32 on 8x128²: 0.69-0.86x forward);
 # * flops: batch-1 layers under 1e8 flops (32 -> 32 at 56², 64 -> 64 at 28², about
 #   0.4 ms) ran 0.82-1.08x forward, 0.84-1.09x forward+backward;
-# * pixels / channel_pairs: wider than 1,536 channel pairs (48 -> 48 and up), only up
-#   to 56² outputs: 64 -> 64 at 112² to 256² ran 0.86-1.03x forward and 0.88-0.99x
-#   forward+backward (batch 1 to 8), 48 -> 48 at 224² 0.88x forward, 64 -> 128 at 64²
-#   (a grid row) 0.93-0.94x forward+backward; at 56² and below 64 -> 64 ran 1.45-1.68x
-#   / 1.01-1.41x. Narrower pairs won at every size tried (32 -> 32 up to 256², 24 ->
-#   48 at 200², 16 -> 64 at 112²: 1.15-1.72x forward, 1.03-1.62x forward+backward).
-WIDENED = {"taps": 9, "flops": 1e8, "pixels": 56 * 56, "channel_pairs": 1536}
+# * channel_pairs / pair_pixels: past 1,536 channel pairs (48 -> 48 and up), only while
+#   pairs x output pixels stay within 3e7: 64 -> 64 at 112² to 256² ran 0.86-1.03x
+#   forward and 0.88-0.99x forward+backward (batch 1 to 8), at 96² 1.00x / 0.98x;
+#   48 -> 48 at 224² 0.88x forward; 64 -> 128 at 64² (a grid row, 3.4e7) 0.93-0.94x
+#   forward+backward; within it 64 -> 64 at 28² to 80² ran 1.13-1.68x forward,
+#   0.98-1.41x forward+backward (3.7x / 1.9x with reflect padding at 64²), 48 -> 48
+#   at 112² 1.39-1.60x / 1.12-1.40x. Narrower pairs won at every size tried (32 ->
+#   32 up to 256², 24 -> 48 at 200², 16 -> 64 at 112²: 1.15-1.72x forward,
+#   1.03-1.62x forward+backward).
+WIDENED = {"taps": 9, "flops": 1e8, "channel_pairs": 1536, "pair_pixels": 3e7}
