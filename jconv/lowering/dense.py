@@ -25,6 +25,7 @@ from jconv.lowering.common import (
     accumulator,
     block,
     by_blocks,
+    channel_product,
     group_block,
     out_spatial,
     over_groups,
@@ -36,22 +37,10 @@ from jconv.lowering.xla import pad_trailing
 
 
 def matmul(x, w, spec: ConvSpec):
-    """1×1 conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, 1, ...): a product over channels."""
-    g, (batch, cin), cout = spec.groups, x.shape[:2], w.shape[0]
+    """1×1 conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, 1, ...): a product over channels
+    (the weight broadcast over the batch where the accumulator is the input's dtype)."""
     ((_, xt),) = windows(x, w.shape[2:], spec)
-    xg = xt.reshape(batch, g, cin // g, math.prod(xt.shape[2:]))
-    wg = w.reshape(g, cout // g, cin // g)
-    kw = dict(precision=spec.precision, preferred_element_type=spec.preferred_element_type)
-    if accumulator(x.dtype) == x.dtype:
-        # the weight broadcast over the batch: one (O/g, C/g) @ (C/g, Q) product per
-        # image and group, written straight into NCHW order (2.4x faster on CPU than a
-        # product whose output XLA transposes back). Narrower dtypes keep the one
-        # product below: the broadcast's weight gradient would round per image.
-        wb = jnp.broadcast_to(wg, (batch, *wg.shape))
-        y = lax.dot_general(wb, xg, (((3,), (2,)), ((0, 1), (0, 1))), **kw)
-    else:
-        y = jnp.einsum("ngcq,goc->ngoq", xg, wg, **kw)
-    return y.reshape(batch, cout, *xt.shape[2:])
+    return channel_product(xt, w, spec, accumulator(x.dtype) == x.dtype)
 
 
 def _fft_size(n: int) -> int:
