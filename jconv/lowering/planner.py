@@ -55,9 +55,9 @@ def plan(
     * dense 2-d float32 or bfloat16 with more than 16 channels in or out, 8 to 64 in the
       narrower, no dilation, a stride-1 dimension of 16 or more to widen, on
       one device, within ``WIDENED`` (3x3 or smaller, 1e8 flops or more, channel
-      pairs x output pixels at most 3e7 unless 1,536 pairs or fewer): ``"widened"`` (at any batch,
-      since its weight gradient is XLA's own over blocks of 8 images; over
-      16-feature blocks it had lost up to 7.6x at batch 1 to 8);
+      pairs x output pixels at most 3e7 unless 1,536 pairs or fewer): ``"widened"``
+      (at any batch, since its weight gradient is XLA's own over blocks of 8 images;
+      over 16-feature blocks it had lost up to 7.6x at batch 1 to 8);
     * dense 2-d float32 stems, strided in every dimension, with at most 4 input
       channels and a kernel of at least 3 stride blocks per dimension, batch of
       8 or more, on one device: ``"s2d"`` (whose stride-1 conv is widened; at
