@@ -45,12 +45,7 @@ def _forward(x, w, spec: ConvSpec):
     XLA's conv inside, 1.07x."""
     if x.ndim == 5:
         return conv_transpose(x, w, spec)
-    return phases.conv_transpose(x, w, spec, _one_tap if _one_tap_phases(w, spec) else xla.conv)
-
-
-def _one_tap_phases(w, spec: ConvSpec) -> bool:
-    """Whether each phase's sub-kernel is one tap: every kernel equals its stride."""
-    return all(k == s and d == 1 for k, s, d in zip(w.shape[2:], spec.stride, spec.dilation))
+    return phases.conv_transpose(x, w, spec, _phase_conv)
 
 
 def one_tap_form(x_shape, w_shape, groups: int) -> str:
@@ -64,9 +59,11 @@ def one_tap_form(x_shape, w_shape, groups: int) -> str:
     return "matmul" if x_shape[0] * weight <= size else "einsum"
 
 
-def _one_tap(x, w, spec: ConvSpec):
-    """The sub-pixel form's stride-1 conv when it is 1x1: a product over channels."""
-    form = one_tap_form(x.shape, w.shape, spec.groups)
+def _phase_conv(x, w, spec: ConvSpec):
+    """The sub-pixel forward's stride-1 conv: XLA's, padded inside the convolution, or,
+    where each phase's sub-kernel ``w`` is one tap, a product over channels."""
+    one_tap = all(k == 1 for k in w.shape[2:])
+    form = one_tap_form(x.shape, w.shape, spec.groups) if one_tap else "xla"
     if form == "xla":
         return xla.conv(x, w, spec)
     broadcast = form == "matmul" and accumulator(x.dtype) == x.dtype
