@@ -120,6 +120,33 @@ def test_nan_and_inf_propagate_as_in_torch(torch, cfg):
     np.testing.assert_allclose(mine[finite], theirs[finite], rtol=1e-4, atol=1e-4)
 
 
+def test_fft_keeps_nan_and_inf_positions_inside_vjp_jvp_and_vmap():
+    """The FFT's finiteness guard is in its forward form: the output that ``vjp``,
+    ``jvp`` and ``vmap`` compute holds NaN and ±inf where XLA's direct sum does."""
+    fft = jconv.Conv2d(4, 4, 9, padding=4, groups=4, algorithm="fft")
+    ref = dataclasses.replace(fft, algorithm="xla")
+    params = jconv.init(jax.random.key(0), fft)
+    x = np.random.RandomState(2).standard_normal((2, 4, 12, 12)).astype(F32)
+    x[0, 1, 3, 3], x[1, 2, 8, 5], x[1, 2, 2, 9] = np.nan, np.inf, -np.inf
+    want = np.asarray(jconv.apply(dataclasses.replace(params, cfg=ref), x))
+    assert np.isnan(want).any() and np.isposinf(want).any() and np.isneginf(want).any()
+
+    def f(x):
+        return jconv.apply(params, x)
+
+    got = {
+        "vjp": jax.vjp(f, x)[0],
+        "jvp": jax.jvp(f, (x,), (np.ones_like(x),))[0],
+        "vmap": jax.vmap(f)(x[:, None])[:, 0],
+    }
+    for name, y in got.items():
+        y = np.asarray(y)
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(test(y), test(want), err_msg=name)
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(y[finite], want[finite], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
 @pytest.mark.parametrize("algorithm", tiered(["auto", "xla"], [0]))
 def test_bf16_input_gives_bf16_output_close_to_torch(torch, algorithm):
     cfg = jconv.Conv2d(8, 8, 3, padding=1, groups=2, algorithm=algorithm)
