@@ -384,6 +384,10 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
     wide = jconv.Conv2d(2048, 512, 1)  # heavy 1x1: one product over the batch, not xla
     assert plan(wide, (64, 2048, 7, 7), jnp.float32, "cpu") == "matmul"
     assert plan(wide, (2, 2048, 56, 56), jnp.float32, "cpu") == "matmul"
+    # 1-d 1x1: XLA's own once the weight per image outweighs a quarter of the input
+    assert plan(jconv.Conv1d(512, 512, 1), (8, 512, 1024), jnp.float32, "cpu") == "xla"
+    assert plan(jconv.Conv1d(512, 512, 1), (8, 512, 2048), jnp.float32, "cpu") == "matmul"
+    assert plan(jconv.Conv1d(256, 256, 1), (8, 256, 2000), jnp.bfloat16, "cpu") == "matmul"
 
 
 @pytest.mark.parametrize(
@@ -448,7 +452,7 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
         ),
         # heavy 1x1: one product over the batch (the weight broadcast per image: 6.9x)
         (jconv.Conv2d(2048, 512, 1), (64, 2048, 7, 7), "train", "float32"),
-        (jconv.Conv1d(768, 192, 1), (8, 768, 36), "train", "float32"),
+        (jconv.Conv2d(768, 192, 1), (8, 768, 6, 6), "train", "float32"),
         # bfloat16: blocks sized for the float32 copies XLA's CPU convolves in (was 2.2x)
         (
             jconv.ConvTranspose3d(64, 1, 3, stride=2, padding=1),

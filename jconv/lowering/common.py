@@ -153,6 +153,23 @@ def flip_swap(w, groups: int):
     return jnp.flip(w, tuple(range(2, w.ndim)))
 
 
+def light_weight(x_shape, w_shape) -> bool:
+    """Whether a 1x1 weight broadcast over the batch is at most a quarter of the
+    (windowed) input ``x_shape``. Then ``"matmul"`` broadcasts it (one product per image,
+    written straight into NCHW order); else one product over the batch, whose weight
+    gradient is one product too (autodiff of the broadcast form sums one weight per
+    image), and a 1-d layer runs XLA's own. Forward / forward+backward against xla,
+    float32, 35 layers: at 0.01-0.16 weights per input (8x256x56² -> 64, 32x144x28² ->
+    24, ...) broadcast 2.5-5.7x / 1.8-4.0x, one product 1.9-2.9x / 1.4-2.8x; in 2-d from
+    0.5 on (8x512x14² -> 128 ... 64x2048x7² -> 512) broadcast 0.25-2.4x / 0.28-2.7x
+    (5-7x xla's memory above 10 weights per input), one product 1.3-4.0x / 1.8-5.0x (at
+    most 1.94x xla's memory); at 0.33-0.5 a draw. In 1-d, where XLA's 1x1 conv runs
+    about twice as fast as its 2-d one, from 0.5 on (8x512x1024 -> 512 ... 8x768x512 ->
+    768) both forms lost forward+backward: broadcast 0.61-1.00x, one product 0.63-0.94x
+    (1.9-2.0x xla's memory)."""
+    return 4 * x_shape[0] * math.prod(w_shape[:2]) <= math.prod(x_shape)
+
+
 def channel_product(x, w, spec: ConvSpec, broadcast: bool):
     """1x1 stride-1 unpadded conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, 1, ...) as
     products over channels. With ``broadcast`` the weight is broadcast over the batch:

@@ -27,6 +27,7 @@ from jconv.lowering.common import (
     by_blocks,
     channel_product,
     group_block,
+    light_weight,
     out_spatial,
     over_groups,
     windows,
@@ -37,25 +38,12 @@ from jconv.lowering.xla import pad_trailing
 
 
 def matmul(x, w, spec: ConvSpec):
-    """1×1 conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, 1, ...): a product over channels
-    (see ``broadcasts`` for its two forms)."""
+    """1×1 conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, 1, ...): a product over channels,
+    the weight broadcast over the batch where that stays light (``light_weight``) and
+    the accumulator is the input's dtype, else one product over the batch."""
     ((_, xt),) = windows(x, w.shape[2:], spec)
-    return channel_product(xt, w, spec, broadcasts(xt.shape, w.shape, x.dtype))
-
-
-def broadcasts(x_shape, w_shape, dtype) -> bool:
-    """Whether ``"matmul"`` broadcasts the weight over the batch (one product per image,
-    written straight into NCHW order): where the accumulator is the input's dtype and
-    the broadcast weight is at most a quarter of the input. Else one product over the
-    batch, whose weight gradient is one product too (autodiff of the broadcast form
-    sums one weight per image). Forward / forward+backward against xla, float32, 28
-    layers: at 0.01-0.16 weights per input (8x256x56² -> 64, 32x144x28² -> 24, ...)
-    broadcast 2.5-5.7x / 1.8-4.0x, one product 1.9-2.9x / 1.4-2.8x; from 0.5 on
-    (8x512x14² -> 128 ... 64x2048x7² -> 512) broadcast 0.25-2.4x / 0.28-2.5x (5-7x
-    xla's memory above 10 weights per input), one product 1.3-4.0x / 1.8-5.0x (at most
-    1.94x xla's memory); at 0.33 a draw."""
-    weight = math.prod(w_shape[:2])
-    return accumulator(dtype) == dtype and 4 * x_shape[0] * weight <= math.prod(x_shape)
+    broadcast = light_weight(xt.shape, w.shape) and accumulator(x.dtype) == x.dtype
+    return channel_product(xt, w, spec, broadcast)
 
 
 def _fft_size(n: int) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jconv.lowering.common import light_weight
 from jconv.lowering.widened import FEATURES
 
 
@@ -44,7 +45,8 @@ def plan(
 
     * transposed, strided, ungrouped: ``"subpixel"`` (grouped: xla, 0.78x);
     * 1×1 kernels: ``"matmul"`` (a product over channels; with a heavy weight too:
-      2048 -> 512 at 7², batch 8 and 64: 1.8x / 2.1-2.5x xla's forward / training);
+      2048 -> 512 at 7², batch 8 and 64: 1.8x / 2.1-2.5x xla's forward / training),
+      except in 1-d where the weight is not light (``light_weight``): ``"xla"``;
     * depthwise (one input channel per group): ``"shift"`` up to ``SHIFT_TAPS`` of
       its rank's taps per output (see there), then ``"fft"``; split inputs keep
       ``"shift"`` up to 49 taps, then ``"xla"`` (the FFT would gather the batch);
@@ -82,7 +84,9 @@ def plan(
     if backend != "cpu":
         return "pergroup" if grouped and split else "xla"
     if taps == 1:
-        return "matmul"
+        windowed = (*x_shape[:2], *(-(-n // s) for n, s in zip(x_shape[2:], cfg.stride)))
+        weight = (cfg.out_channels, per_group)
+        return "xla" if cfg.ndim == 1 and not light_weight(windowed, weight) else "matmul"
     if cfg.groups > 1:
         if per_group == 1:
             if split:
