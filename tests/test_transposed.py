@@ -132,6 +132,35 @@ def test_subpixel_with_kernel_equal_to_stride_equals_xla(cfg, shape, branch):
         chex.assert_trees_all_close(got, want, atol=tol * float(jnp.abs(want).max()))
 
 
+def test_subpixel_with_a_heavy_one_tap_weight_runs_xlas_forward_and_equals_xla():
+    """A kernel = stride weight past four inputs and 16 MiB (32 MiB here): the forward is
+    XLA's own transposed conv (the sub-pixel one rearranges the weight on each call),
+    the gradients stay sub-pixel; forward and gradients equal xla's. 8 MiB keeps the
+    sub-pixel forward."""
+    from jconv.lowering import subpixel
+    from jconv.lowering.spec import ConvSpec
+
+    spec = ConvSpec(True, (2, 2), ((0, 0), (0, 0)), (1, 1), 1, (0, 0), None, None, True)
+    heavy = jax.ShapeDtypeStruct((2048, 1024, 2, 2), jnp.float32)
+    assert subpixel._heavy_one_tap((1, 2048, 2, 2), heavy, spec)
+    lighter = jax.ShapeDtypeStruct((1024, 512, 2, 2), jnp.float32)
+    assert not subpixel._heavy_one_tap((1, 1024, 2, 2), lighter, spec)
+    cfg = jconv.ConvTranspose2d(2048, 1024, 2, stride=2)
+    x = jax.random.normal(jax.random.key(0), (1, 2048, 2, 2))
+    results = []
+    for name in ("xla", "subpixel"):
+        forced = dataclasses.replace(cfg, algorithm=name)
+        params = jconv.init(jax.random.key(1), forced)
+
+        def f(w, b, x, forced=forced):
+            return jconv.apply(jconv.Params(w, b, forced), x)
+
+        y, vjp = jax.vjp(f, params.weight, params.bias, x)
+        results.append((y, *vjp(jnp.cos(y))))
+    for got, want in zip(results[1], results[0]):
+        chex.assert_trees_all_close(got, want, atol=2e-5 * float(jnp.abs(want).max()))
+
+
 @pytest.mark.parametrize("seed", tiered(range(5000, 5040), 5))
 def test_transpose_is_the_input_gradient_of_the_forward_conv(seed):
     """Conv(A -> B) with weight w (B, A/g, *k) maps z to y; ConvTranspose(B -> A) with

@@ -9,7 +9,7 @@ import math
 import jax.numpy as jnp
 
 from jconv.lowering import custom, folded, phases, widened, xla
-from jconv.lowering.common import accumulator, channel_product
+from jconv.lowering.common import BLOCK_BYTES, accumulator, channel_product
 from jconv.lowering.spec import ConvSpec
 
 
@@ -41,8 +41,8 @@ def _forward(x, w, spec: ConvSpec):
     kernel equals its stride (UNet's 2x2 stride 2) each phase has one tap and the
     stride-1 conv is a product over channels (:func:`one_tap_form`): on six of seven
     such layers (64 -> 32 to 512 -> 256 channels, 16² to 128², batch 1 to 16) 1.3-6.4x
-    XLA's forward; the seventh (1024 -> 512 at 8², its weight past four inputs) keeps
-    XLA's conv inside, 1.07x."""
+    XLA's forward; a weight past four inputs and 16 MiB gets XLA's own forward
+    (``_heavy_one_tap``)."""
     if x.ndim == 5:
         return conv_transpose(x, w, spec)
     return phases.conv_transpose(x, w, spec, _phase_conv)
@@ -57,6 +57,21 @@ def one_tap_form(x_shape, w_shape, groups: int) -> str:
     if groups > 1 or weight > 4 * size:
         return "xla"
     return "matmul" if x_shape[0] * weight <= size else "einsum"
+
+
+def _heavy_one_tap(x_shape, w, spec: ConvSpec) -> bool:
+    """Whether every stride phase gets one tap (kernel = stride, undilated), the product
+    over channels would be XLA's conv (``one_tap_form``) and the weight passes 16 MiB:
+    then the forward is XLA's own transposed conv. The sub-pixel one rearranges the
+    weight on every call: XLA's forward / the sub-pixel one, one process, 9 rounds:
+    ConvTranspose2d(2048, 1024, 2, 2) (32 MiB) at 8x2048x4² and 2x2048x8² 1.52-1.64x;
+    1024 -> 512 (8 MiB) at 8x1024x8² and 16x1024x4² 1.05x and 0.93x; 512 -> 256 at
+    1x512x8² 0.75x; ConvTranspose1d(1024, 512, 4, 4) at 4x1024x16 0.63x."""
+    one_tap = all(k == s for k, s in zip(w.shape[2:], spec.stride)) and all(
+        d == 1 for d in spec.dilation
+    )
+    heavy = w.size * w.dtype.itemsize > 4 * BLOCK_BYTES
+    return one_tap and heavy and one_tap_form(x_shape, w.shape, spec.groups) == "xla"
 
 
 def _phase_conv(x, w, spec: ConvSpec):
@@ -108,4 +123,6 @@ def lowering(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
     sub-pixel form's.
     """
     even = x.ndim == 5 or all(k % s == 0 for k, s in zip(w.shape[2:], spec.stride) if s > 1)
+    if even and x.ndim < 5 and _heavy_one_tap(x.shape, w, spec):
+        even = False
     return custom.bilinear("subpixel_even" if even and spec.widen else "subpixel", x, w, spec)
