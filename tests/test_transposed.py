@@ -88,6 +88,18 @@ def test_lowerings_agree_forward_and_gradients(seed):
     assert_matches(results[2], results[0], case, 1e-5)
 
 
+def _output_and_gradients(cfg, algorithm: str, x):
+    """``y`` and the gradients of weight, bias and input at cotangent ``cos(y)``."""
+    forced = dataclasses.replace(cfg, algorithm=algorithm)
+    params = jconv.init(jax.random.key(1), forced)
+
+    def f(w, b, x):
+        return jconv.apply(jconv.Params(w, b, forced), x)
+
+    y, vjp = jax.vjp(f, params.weight, params.bias, x)
+    return (y, *vjp(jnp.cos(y)))
+
+
 @pytest.mark.parametrize(
     "cfg, shape, branch",
     [
@@ -117,16 +129,7 @@ def test_subpixel_with_kernel_equal_to_stride_equals_xla(cfg, shape, branch):
     sub = (math.prod(cfg.stride) * cfg.out_channels, cfg.in_channels // cfg.groups)
     assert subpixel.one_tap_form(shape, sub, cfg.groups) == branch
     x = jax.random.normal(jax.random.key(0), shape, cfg.dtype)
-    results = []
-    for name in ("xla", "subpixel"):
-        forced = dataclasses.replace(cfg, algorithm=name)
-        params = jconv.init(jax.random.key(1), forced)
-
-        def f(w, b, x, forced=forced):
-            return jconv.apply(jconv.Params(w, b, forced), x)
-
-        y, vjp = jax.vjp(f, params.weight, params.bias, x)
-        results.append((y, *vjp(jnp.cos(y))))
+    results = [_output_and_gradients(cfg, name, x) for name in ("xla", "subpixel")]
     tol = 2e-2 if cfg.dtype == jnp.bfloat16 else 2e-5
     for got, want in zip(results[1], results[0]):
         chex.assert_trees_all_close(got, want, atol=tol * float(jnp.abs(want).max()))
@@ -147,16 +150,7 @@ def test_subpixel_with_a_heavy_one_tap_weight_runs_xlas_forward_and_equals_xla()
     assert not subpixel._heavy_one_tap((1, 1024, 2, 2), lighter, spec)
     cfg = jconv.ConvTranspose2d(2048, 1024, 2, stride=2)
     x = jax.random.normal(jax.random.key(0), (1, 2048, 2, 2))
-    results = []
-    for name in ("xla", "subpixel"):
-        forced = dataclasses.replace(cfg, algorithm=name)
-        params = jconv.init(jax.random.key(1), forced)
-
-        def f(w, b, x, forced=forced):
-            return jconv.apply(jconv.Params(w, b, forced), x)
-
-        y, vjp = jax.vjp(f, params.weight, params.bias, x)
-        results.append((y, *vjp(jnp.cos(y))))
+    results = [_output_and_gradients(cfg, name, x) for name in ("xla", "subpixel")]
     for got, want in zip(results[1], results[0]):
         chex.assert_trees_all_close(got, want, atol=2e-5 * float(jnp.abs(want).max()))
 
