@@ -159,7 +159,7 @@ def light_weight(x_shape, w_shape) -> bool:
     written straight into NCHW order); else one product over the batch, whose weight
     gradient is one product too (autodiff of the broadcast form sums one weight per
     image), and a 1-d layer runs XLA's own. Forward / forward+backward against xla,
-    float32, 35 layers: at 0.01-0.16 weights per input (8x256x56² -> 64, 32x144x28² ->
+    float32, about 40 layers: at 0.01-0.16 weights per input (8x256x56² -> 64, 32x144x28² ->
     24, ...) broadcast 2.5-5.7x / 1.8-4.0x, one product 1.9-2.9x / 1.4-2.8x; in 2-d from
     0.5 on (8x512x14² -> 128 ... 64x2048x7² -> 512) broadcast 0.25-2.4x / 0.28-2.7x
     (5-7x xla's memory above 10 weights per input), one product 1.3-4.0x / 1.8-5.0x (at
