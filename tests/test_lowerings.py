@@ -384,10 +384,13 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
     wide = jconv.Conv2d(2048, 512, 1)  # heavy 1x1: one product over the batch, not xla
     assert plan(wide, (64, 2048, 7, 7), jnp.float32, "cpu") == "matmul"
     assert plan(wide, (2, 2048, 56, 56), jnp.float32, "cpu") == "matmul"
-    # 1-d 1x1: XLA's own once the weight per image outweighs a quarter of the input
+    # 1-d 1x1: XLA's own once the weight per image outweighs a quarter of the input, or
+    # below 1e9 flops
     assert plan(jconv.Conv1d(512, 512, 1), (8, 512, 1024), jnp.float32, "cpu") == "xla"
     assert plan(jconv.Conv1d(512, 512, 1), (8, 512, 2048), jnp.float32, "cpu") == "matmul"
     assert plan(jconv.Conv1d(256, 256, 1), (8, 256, 2000), jnp.bfloat16, "cpu") == "matmul"
+    assert plan(jconv.Conv1d(64, 64, 1), (4, 64, 2048), jnp.float32, "cpu") == "xla"
+    assert plan(jconv.Conv1d(128, 128, 1), (4, 128, 2048), jnp.float32, "cpu") == "xla"
 
 
 @pytest.mark.parametrize(

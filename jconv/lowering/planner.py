@@ -46,7 +46,8 @@ def plan(
     * transposed, strided, ungrouped: ``"subpixel"`` (grouped: xla, 0.78x);
     * 1×1 kernels: ``"matmul"`` (a product over channels; with a heavy weight too:
       2048 -> 512 at 7², batch 8 and 64: 1.8x / 2.1-2.5x xla's forward / training),
-      except in 1-d where the weight is not light (``light_weight``): ``"xla"``;
+      except in 1-d unless the weight is light (``light_weight``) and the layer
+      large (``_large_1d``): ``"xla"``;
     * depthwise (one input channel per group): ``"shift"`` up to ``SHIFT_TAPS`` of
       its rank's taps per output (see there), then ``"fft"``; split inputs keep
       ``"shift"`` up to 49 taps, then ``"xla"`` (the FFT would gather the batch);
@@ -86,7 +87,9 @@ def plan(
     if taps == 1:
         windowed = (*x_shape[:2], *(-(-n // s) for n, s in zip(x_shape[2:], cfg.stride)))
         weight = (cfg.out_channels, per_group)
-        return "xla" if cfg.ndim == 1 and not light_weight(windowed, weight) else "matmul"
+        if cfg.ndim == 1 and not (light_weight(windowed, weight) and _large_1d(windowed, weight)):
+            return "xla"
+        return "matmul"
     if cfg.groups > 1:
         if per_group == 1:
             if split:
@@ -124,6 +127,17 @@ def _shift_taps(cfg: Any) -> float:
     window is a strided read; the FFT's cost is the input's, whatever the stride)."""
     stride = math.prod(cfg.stride)
     return math.prod(cfg.kernel_size) * (2 if stride > 1 else 1) / stride
+
+
+def _large_1d(windowed: tuple[int, ...], weight: tuple[int, int]) -> bool:
+    """Whether a 1-d 1x1 conv has 1e9 flops or more. XLA's 1-d 1x1 conv runs about
+    twice as fast as its 2-d one; against it the broadcast product's forward+backward
+    won only on large layers (8x256x2000 -> 256, 8x64x8000 -> 256: 2.1e9 flops,
+    1.46-1.69x), was mixed at 5.4e8 (0.91x, 1.27x) and lost below (2.7e8: 0.87-1.17x, 1.7e7
+    to 6.7e7: 0.60-0.83x, the audio decoder's 4x128x512 to 4x32x4096); in that model's
+    step its 1x1 layers on xla ran 1.05x (float32) and 1.01x (bfloat16), inference
+    1.15x and 1.09x."""
+    return 2 * math.prod(windowed) * weight[0] >= 1e9
 
 
 def _stem(cfg: Any, dtype: Any) -> bool:
