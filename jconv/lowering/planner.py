@@ -137,7 +137,8 @@ def _large_1d(windowed: tuple[int, ...], weight: tuple[int, int]) -> bool:
     to 6.7e7: 0.60-0.83x, the audio decoder's 4x128x512 to 4x32x4096); in that model's
     step its 1x1 layers on xla ran 1.05x (float32) and 1.01x (bfloat16), inference
     1.15x and 1.09x."""
-    return 2 * math.prod(windowed) * weight[0] >= 1e9
+    batch, _, *length = windowed
+    return 2 * batch * math.prod(length) * weight[0] * weight[1] >= 1e9
 
 
 def _stem(cfg: Any, dtype: Any) -> bool:
