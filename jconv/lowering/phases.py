@@ -25,6 +25,11 @@ from jconv import shapes
 from jconv.lowering.spec import ConvSpec
 
 
+def phase_taps(k: int, s: int, d: int) -> int:
+    """Taps of each phase's sub-kernel in one dimension (at stride 1, the kernel's own)."""
+    return k if s == 1 else d * (k - 1) // s + 1
+
+
 class _Axis:
     """One spatial dimension's plan: phases, sub-kernel taps and window."""
 
@@ -33,7 +38,7 @@ class _Axis:
             self.phases, self.taps, self.dilation = 1, k, d
             self.where = [[(t, k - 1 - t) for t in range(k)]]
         else:
-            self.phases, self.taps, self.dilation = s, d * (k - 1) // s + 1, 1
+            self.phases, self.taps, self.dilation = s, phase_taps(k, s, d), 1
             self.where = [[] for _ in range(s)]
             for t in range(k):
                 j, r = divmod(d * t, s)

@@ -60,15 +60,15 @@ def one_tap_form(x_shape, w_shape, groups: int) -> str:
 
 
 def _heavy_one_tap(x_shape, w, spec: ConvSpec) -> bool:
-    """Whether every stride phase gets one tap (kernel = stride, undilated), the product
+    """Whether every phase's sub-kernel is one tap (as where kernel = stride), the product
     over channels would be XLA's conv (``one_tap_form``) and the weight passes 16 MiB:
     then the forward is XLA's own transposed conv. The sub-pixel one rearranges the
     weight on every call: XLA's forward / the sub-pixel one, one process, 9 rounds:
     ConvTranspose2d(2048, 1024, 2, 2) (32 MiB) at 8x2048x4² and 2x2048x8² 1.52-1.64x;
     1024 -> 512 (8 MiB) at 8x1024x8² and 16x1024x4² 1.05x and 0.93x; 512 -> 256 at
     1x512x8² 0.75x; ConvTranspose1d(1024, 512, 4, 4) at 4x1024x16 0.63x."""
-    one_tap = all(k == s for k, s in zip(w.shape[2:], spec.stride)) and all(
-        d == 1 for d in spec.dilation
+    one_tap = all(
+        phases.phase_taps(k, s, d) == 1 for k, s, d in zip(w.shape[2:], spec.stride, spec.dilation)
     )
     heavy = w.size * w.dtype.itemsize > 4 * BLOCK_BYTES
     return one_tap and heavy and one_tap_form(x_shape, w.shape, spec.groups) == "xla"
