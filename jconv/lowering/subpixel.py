@@ -19,7 +19,7 @@ def _stride1(x, w, spec: ConvSpec):
     explicitly first, which keeps XLA's CPU weight gradient on its fast path (a conv
     padded by its kernel size or more is not)."""
     if x.ndim == 5 and spec.widen:
-        return folded.fold(x, w, spec)
+        return folded.fold_phase(x, w, spec)
     x = jnp.pad(x, ((0, 0), (0, 0), *spec.pads))
     # weight gradient: in 2-d over blocks of <= 16 features; in 1-d XLA's own over batch
     # blocks (the grid's transposed1d rows: forward+backward 1.0-1.6x faster, 0.6x memory)
