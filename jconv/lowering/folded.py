@@ -182,7 +182,8 @@ def _fold_loop(x, w, spec: ConvSpec, whole: bool):
     written into the output (N, O, D', H', W'); ``whole``: the input made channels-last
     once (its copy halves the blocks, which keeps the temporaries within twice XLA's).
     Writing the output channels-last too and transposing it once ran the 3-d UNet's
-    inference 1.27x faster still, but held 2.3x XLA's temporaries."""
+    inference about 1.5x as fast as per-block copies (this form: 1.27x), but held 2.3x
+    XLA's forward temporaries (Conv3d(32, 32, 3) on 4x32x16³)."""
     blocks = _Blocks(x.shape, x.dtype.itemsize, w.shape[2:], spec, copies=2 if whole else 1)
     batch, cout, groups = x.shape[0], w.shape[0], spec.groups
     w2 = _plane_weight(w).transpose(2, 3, 1, 0)  # (kh, kw, kd·C/g, O)
