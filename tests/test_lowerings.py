@@ -523,9 +523,9 @@ def test_fold_whole_and_block_by_block_rearrangements_equal_xla(
 ):
     """``"fold"`` makes its input channels-last once before its loop over blocks of depth
     planes; ``"fold_phase"`` (the sub-pixel form's phases) rearranges each block inside
-    the loop. Over several blocks (the last overlapping the one before), strided,
-    dilated, padded past the kernel's reach and grouped, both equal XLA's 3-d conv,
-    forward and gradients (the second case's last block overlaps the one before)."""
+    the loop. Over several blocks, strided, dilated, padded past the kernel's reach and
+    grouped, both equal XLA's 3-d conv, forward and gradients (the second case's last
+    block overlaps the one before)."""
     from jconv.lowering import folded
     from jconv.lowering.spec import ConvSpec
 

@@ -140,7 +140,7 @@ class _Blocks:
         pads = [(0, 0)] * z.ndim
         depth = order.index(2)
         pads[depth] = (self.lo, used - self.lo - z.shape[depth])
-        return xla.pad_trailing(z, pads)
+        return pad_trailing(z, pads)
 
     def taps(self, z, i, order, whole: bool):
         """Block ``i``'s planes of each depth tap, in the axis ``order``, from
@@ -293,13 +293,12 @@ def _dw(x, dy, spec: ConvSpec, kernel):
         z_i = z_i.reshape(folded, *x.shape[3:], -1)
         return (by_products if swaps else by_conv)(z_i, g)
 
-    if not batch:
-        total = custom.zeros((taps * folded, cout), jnp.float32, x, dy)
-    elif blocks.count == 1:
+    if batch and blocks.count == 1:
         total = part(0)
     else:
         total = custom.zeros((taps * folded, cout), jnp.float32, x, dy)
-        total = lax.fori_loop(0, blocks.count, lambda i, t: t + part(i), total)
+        if batch:
+            total = lax.fori_loop(0, blocks.count, lambda i, t: t + part(i), total)
     dw = total.reshape(*kernel[1:], blocks.kd, x.shape[1], cout).transpose(4, 3, 2, 0, 1)
     return dw.astype(dy.dtype)
 
