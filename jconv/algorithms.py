@@ -14,13 +14,14 @@ ALGORITHMS = (
     "tapgrad",
     "matmul",
     "fft",
+    "shift_fft",
     "pergroup",
     "s2d",
     "fold",
     "widened",
 )
 TRANSPOSED_ONLY = ("subpixel",)
-FORWARD_ONLY = ("shift", "tapgrad", "matmul", "fft", "s2d", "fold", "widened")
+FORWARD_ONLY = ("shift", "tapgrad", "matmul", "fft", "shift_fft", "s2d", "fold", "widened")
 
 
 def check_algorithm(algorithm: object, transposed: bool, kernel_size: tuple[int, ...] = ()) -> None:

@@ -127,7 +127,7 @@ def check(spec: dict) -> dict:
         lift(np.abs(gyr)),
     )  # fmt: skip
     scale = [ay, adx, adw, adb]
-    if spec["algorithm"] == "fft":
+    if spec["algorithm"] in ("fft", "shift_fft"):
         # an FFT spreads its rounding over every output, even those whose sums are
         # empty: its error bound is global, |x|₂·|w|₂ (and likewise per gradient)
         norm = np.linalg.norm

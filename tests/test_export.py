@@ -151,7 +151,7 @@ def test_a_cpu_export_holds_the_cpu_plan(cfg, shape):
 
 
 def test_one_export_for_three_platforms_carries_each_plan_and_runs_here():
-    cfg = jconv.Conv2d(16, 16, 7, padding=3, groups=16)  # fft on CPU, xla elsewhere
+    cfg = jconv.Conv2d(16, 16, 13, padding=6, groups=16)  # fft on CPU, xla elsewhere
     params = jconv.init(jax.random.key(0), cfg)
     x = jax.random.normal(jax.random.key(1), (2, 16, 12, 12))
     ops = _ops(jconv.apply, (params, x), ("cpu", "cuda", "tpu"))

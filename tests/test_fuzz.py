@@ -99,7 +99,7 @@ def check(worker: Worker, spec: dict) -> None:
     result = worker.run(spec)
     where = describe(spec)
     assert "raised" not in result, f"{where}\nraised {result.get('raised')}\n{result.get('trace')}"
-    tol = (TOL_FFT if spec["algorithm"] == "fft" else TOL)[spec["dtype"]]
+    tol = (TOL_FFT if spec["algorithm"] in ("fft", "shift_fft") else TOL)[spec["dtype"]]
     for oracle in ("numpy", "torch"):
         errs = result[oracle]
         if errs is None:

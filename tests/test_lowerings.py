@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 import jconv
 from jconv.lowering import ALGORITHMS, plan
 
-FORWARD = ("shift", "tapgrad", "matmul", "fft", "pergroup", "s2d", "fold", "widened")
+FORWARD = ("shift", "tapgrad", "matmul", "fft", "shift_fft", "pergroup", "s2d", "fold", "widened")
 
 
 def _case_for(algorithm: str, seed: int):
@@ -41,7 +41,7 @@ def test_lowering_equals_xla_forward_and_gradients(algorithm, seed):
         cfg = case.cfg(algorithm=name)
         x, w, b, gy = arrays_for(case, cfg)
         results.append(jconv_grads(cfg, x, w, b, gy, case.jit))
-    assert_matches(results[1], results[0], case, 1e-4 if algorithm == "fft" else 2e-5)
+    assert_matches(results[1], results[0], case, 1e-4 if "fft" in algorithm else 2e-5)
 
 
 SMALL = [
@@ -52,6 +52,7 @@ SMALL = [
     ("matmul", jconv.Conv2d(6, 8, 1, groups=2), (2, 6, 2, 3)),  # one product over the batch
     ("fft", jconv.Conv2d(2, 2, 5, padding=2, groups=2), (1, 2, 6, 6)),
     ("fft", jconv.Conv1d(2, 4, 3, stride=2, dilation=2, groups=2), (1, 2, 9)),
+    ("shift_fft", jconv.Conv2d(2, 2, 5, stride=(2, 1), padding=2, groups=2), (1, 2, 7, 6)),
     ("pergroup", jconv.Conv3d(4, 2, 2, padding=1, groups=2), (1, 4, 3, 3, 3)),
     ("s2d", jconv.Conv2d(3, 2, (3, 4), stride=(2, 3), padding=1), (1, 3, 7, 8)),
     ("fold", jconv.Conv3d(2, 4, (2, 3, 2), stride=(2, 1, 1), padding=1, groups=2), (1, 2, 4, 3, 3)),
@@ -165,14 +166,17 @@ def test_fft_matches_a_direct_sum_on_a_31x31_depthwise_kernel():
         (jconv.Conv2d(128, 128, 3, padding=1, groups=128), "shift"),
         (jconv.Conv2d(64, 128, 3, groups=64), "shift"),
         (jconv.Conv2d(64, 128, 5, groups=64), "shift"),
-        (jconv.Conv2d(96, 96, 7, padding=3, groups=96), "fft"),
+        (jconv.Conv2d(96, 96, 7, padding=3, groups=96), "shift_fft"),
         (jconv.Conv2d(96, 96, 7, stride=2, padding=3, groups=96), "shift"),
-        (jconv.Conv2d(96, 96, 9, stride=2, padding=4, groups=96), "fft"),
+        (jconv.Conv2d(96, 96, 9, stride=2, padding=4, groups=96), "shift_fft"),
         (jconv.Conv3d(16, 16, 5, stride=2, padding=2, groups=16), "shift"),
-        (jconv.Conv3d(16, 16, 5, padding=2, groups=16), "fft"),
+        (jconv.Conv3d(16, 16, 5, padding=2, groups=16), "shift_fft"),
+        (jconv.Conv3d(16, 16, 7, padding=3, groups=16), "fft"),
         (jconv.Conv3d(16, 16, 3, padding=1, groups=16), "shift"),
         (jconv.Conv1d(64, 64, 25, padding=12, groups=64), "shift"),
-        (jconv.Conv1d(64, 64, 31, padding=15, groups=64), "fft"),
+        (jconv.Conv1d(64, 64, 31, padding=15, groups=64), "shift_fft"),
+        (jconv.Conv1d(64, 64, 63, padding=31, groups=64), "fft"),
+        (jconv.Conv2d(64, 64, 13, padding=6, groups=64), "fft"),
         (jconv.Conv2d(64, 64, 31, padding=15, groups=64), "fft"),
         (jconv.Conv2d(128, 128, 3, padding=1, groups=32), "shift"),
         (jconv.Conv2d(128, 128, 3, padding=1, groups=4), "pergroup"),
@@ -184,7 +188,8 @@ def test_fft_matches_a_direct_sum_on_a_31x31_depthwise_kernel():
     ],
 )
 def test_planner_picks_by_layer_family_on_cpu_and_xla_elsewhere(cfg, want):
-    shape = (16, cfg.in_channels) + (16 if want == "widened" else 8,) * cfg.ndim
+    size = {"widened": 16, "shift_fft": 64}.get(want, 8)
+    shape = (16, cfg.in_channels) + (size,) * cfg.ndim
     assert plan(cfg, shape, jnp.float32, "cpu") == want
     for backend in ("gpu", "tpu"):
         assert plan(cfg, shape, jnp.float32, backend) == "xla"
@@ -303,7 +308,7 @@ def test_bfloat16_forward_and_gradients_stay_close_on_every_lowering(groups):
         return [y, *jax.tree.leaves(vjp(jnp.ones_like(y)))]
 
     ref = [np.asarray(a, np.float32) for a in run("xla")]
-    for name in ("shift", "tapgrad", "fft", "pergroup", "s2d", "widened"):
+    for name in ("shift", "tapgrad", "fft", "shift_fft", "pergroup", "s2d", "widened"):
         got = run(name)
         assert got[0].dtype == jnp.bfloat16, name
         for a, b in zip(got, ref):
@@ -622,14 +627,55 @@ def test_subpixel_weight_gradient_holds_one_weight_sized_buffer():
 
 
 def test_fft_plans_a_depthwise_layer_whose_one_channel_outgrows_a_block():
-    """One group's padded input (8x520² floats, 8.7 MB) is more than a block may hold:
+    """One group's padded input (8x524² floats, 8.8 MB) is more than a block may hold:
     the fft then runs one group per block instead of failing to pick a block size."""
-    cfg = jconv.Conv2d(4, 4, 7, padding=3, groups=4)
+    cfg = jconv.Conv2d(4, 4, 13, padding=6, groups=4)
     x = jax.ShapeDtypeStruct((8, 4, 512, 512), jnp.float32)
     p = jconv.init(jax.random.key(0), cfg)
     assert plan(cfg, x.shape, jnp.float32, "cpu") == "fft"
     out = jax.jit(jconv.apply).lower(p, x).compile().out_info
     assert out.shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "size, want", [(56, "shift_fft"), (28, "shift_fft"), (14, "fft"), (7, "fft")]
+)
+def test_shift_fft_gives_way_to_the_fft_where_the_padded_input_outgrows_it(size, want):
+    """``"shift_fft"``'s inference pads its input once: where that copy would be more
+    than 1.5x the input (7x7 at 14²: 2.0x), the planner keeps ``"fft"``."""
+    cfg = jconv.Conv2d(384, 384, 7, padding=3, groups=384)
+    assert plan(cfg, (8, 384, size, size), jnp.float32, "cpu") == want
+
+
+def test_shift_fft_infers_with_multiply_adds_and_trains_through_the_fft():
+    """``"shift_fft"`` (depthwise 7x7) runs no FFT where nothing differentiates it, and
+    the FFT's forms under ``jvp`` and ``grad``; each equals xla's, under ``vmap`` too."""
+    cfg = jconv.Conv2d(8, 8, 7, padding=3, groups=8)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 32, 32))
+    t = jax.random.normal(jax.random.key(1), x.shape)
+    assert plan(cfg, x.shape, jnp.float32, "cpu") == "shift_fft"
+    p, p_xla = (
+        jconv.init(jax.random.key(2), dataclasses.replace(cfg, algorithm=a))
+        for a in ("auto", "xla")
+    )
+
+    def infer(p):
+        return jconv.apply(p, x)
+
+    def tangent(p):
+        return jax.jvp(lambda x: jconv.apply(p, x), (x,), (t,))
+
+    def grad(p):
+        return jax.grad(lambda p, x: jnp.sum(jnp.sin(jconv.apply(p, x))), (0, 1))(p, x)
+
+    def batched(p):
+        return jax.vmap(jconv.apply, (None, 0))(p, x[None])
+
+    for f, ffts in ((infer, False), (batched, False), (tangent, True), (grad, True)):
+        assert ("fft" in str(jax.make_jaxpr(f)(p))) == ffts, f.__name__
+        chex.assert_trees_all_close(
+            *(jax.tree.leaves(f(q)) for q in (p, p_xla)), atol=2e-4, rtol=2e-4
+        )
 
 
 def test_widened_bfloat16_weight_gradient_over_batch_blocks_sums_in_float32():

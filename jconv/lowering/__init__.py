@@ -23,6 +23,8 @@ Lowerings:
 * ``"matmul"``, ``"fft"``, ``"pergroup"`` (:mod:`jconv.lowering.dense`): 1×1
   kernels as a matrix product, large kernels through the FFT, groups as one
   ungrouped convolution per group (forward or transposed).
+* ``"shift_fft"``: ``"shift"``'s multiply-adds where nothing differentiates the
+  convolution (inference), ``"fft"``'s forms under differentiation (training).
 * ``"s2d"``, ``"fold"`` (:mod:`jconv.lowering.folded`): a strided convolution
   as a stride-1 one over space-to-depth channels; a 3-d convolution as a 2-d one
   with the kernel's depth taps in the channels (that 2-d one widened).
@@ -45,11 +47,13 @@ import functools
 import jax
 
 from jconv.algorithms import ALGORITHMS, check_algorithm
-from jconv.lowering import dense, folded, subpixel, taps, widened, xla
+from jconv.lowering import custom, dense, folded, subpixel, taps, widened, xla
 from jconv.lowering.planner import plan, splits
 from jconv.lowering.spec import ConvSpec
 
 __all__ = ["ALGORITHMS", "ConvSpec", "check_algorithm", "plan", "run", "splits"]
+
+SHIFT_FFT = custom.undifferentiated(taps.shift, dense.fft)
 
 
 @functools.partial(jax.jit, static_argnames=("name", "spec"))
@@ -72,6 +76,7 @@ def run(name: str, x, w, spec: ConvSpec):
             "tapgrad": taps.tapgrad,
             "matmul": dense.matmul,
             "fft": dense.fft,
+            "shift_fft": SHIFT_FFT,
             "pergroup": dense.pergroup,
             "s2d": folded.s2d,
             "fold": folded.fold,

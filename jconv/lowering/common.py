@@ -91,6 +91,17 @@ def windows(x, kernel, spec: ConvSpec, fuse_pads: bool = False):
 
 BLOCK_BYTES = 4 << 20  # one block of the input: about what stays in cache
 
+# The most a zero-padded copy of an input may outgrow it (its spatial size, padded,
+# over its own) where a form would copy it for speed rather than pad each window.
+PAD_GROWTH = 1.5
+
+
+def pad_growth(spatial, pads) -> float:
+    """How many times ``spatial`` grows when padded by ``pads`` ((lo, hi) per axis)."""
+    return math.prod(n + max(lo, 0) + max(hi, 0) for n, (lo, hi) in zip(spatial, pads)) / max(
+        math.prod(spatial), 1
+    )
+
 
 def group_block(groups: int, per_group: int, budget: int = BLOCK_BYTES) -> int:
     """The most groups, a divisor of ``groups``, whose ``per_group`` bytes each fit in

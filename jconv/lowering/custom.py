@@ -104,6 +104,23 @@ def zeros(shape, dtype, *like: jax.Array) -> jax.Array:
     )
 
 
+def undifferentiated(plain: Fn, trained: Fn) -> Fn:
+    """A lowering that runs ``plain(x, w, spec)`` where nothing differentiates it, and
+    ``trained`` (its forward and gradients) under ``jvp``, ``grad`` and their kin."""
+
+    def lowering(x, w, spec):
+        @jax.custom_jvp
+        def conv(x, w):
+            return plain(x, w, spec)
+
+        conv.defjvp(
+            lambda primals, tangents: jax.jvp(lambda a, b: trained(a, b, spec), primals, tangents)
+        )
+        return conv(x, w)
+
+    return lowering
+
+
 def transpose(linear: Fn, shape, dtype, ct: jax.Array) -> jax.Array:
     """The transpose of the linear map ``linear`` (from arrays of ``shape``) at ``ct``.
 

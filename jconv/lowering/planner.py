@@ -7,7 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from jconv.lowering.common import light_weight
+from jconv.lowering.common import PAD_GROWTH, light_weight, pad_growth
 from jconv.lowering.widened import FEATURES
 
 
@@ -49,7 +49,9 @@ def plan(
       except in 1-d unless the weight is light (``light_weight``) and the layer
       large (``_large_1d``): ``"xla"``;
     * depthwise (one input channel per group): ``"shift"`` up to ``SHIFT_TAPS`` of
-      its rank's taps per output (see there), then ``"fft"``; split inputs keep
+      its rank's taps per output (see there), then ``"shift_fft"`` up to
+      ``SHIFT_FFT_TAPS`` where the input padded grows at most ``PAD_GROWTH`` times,
+      then ``"fft"``; split inputs keep
       ``"shift"`` up to 49 taps, then ``"xla"`` (the FFT would gather the batch);
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
       ``"pergroup"`` beyond in 1-d and 2-d (3-d: xla; pergroup 0.70x, 4.9x memory);
@@ -94,7 +96,13 @@ def plan(
         if per_group == 1:
             if split:
                 return "shift" if taps <= 49 else "xla"
-            return "shift" if _shift_taps(cfg) <= SHIFT_TAPS[cfg.ndim] else "fft"
+            if _shift_taps(cfg) <= SHIFT_TAPS[cfg.ndim]:
+                return "shift"
+            if _shift_taps(cfg) <= SHIFT_FFT_TAPS[cfg.ndim]:
+                # its inference pads the input once (``taps.shift_conv``)
+                if pad_growth(x_shape[2:], cfg.pads) <= PAD_GROWTH:
+                    return "shift_fft"
+            return "fft"
         if per_group * taps <= 64:
             return "shift"
         return "pergroup" if cfg.ndim <= 2 or split else "xla"
@@ -120,6 +128,13 @@ def plan(
 # 2.0x / 10.5x, 13x13/4 shift 2.3x / 28x against 1.5x / 21x; 3-d (2x64x16x32²): 3³
 # shift 68x / 40x against 26x / 23x, 5³/2 shift 28x / 68x against 20x / 53x, 5³ fft.
 SHIFT_TAPS = {1: 25, 2: 25, 3: 49}
+
+# Past those, and up to these, ``"shift_fft"``: inference as ``"shift"``, training as
+# ``"fft"``. Once ``"shift"`` padded its input once beyond 12 taps, its forward ran
+# 2.6-6.3x the FFT's on 7x7 (8x96x32², 8x384x14², 1x192x28², 8x96x56²; 32x96x56²:
+# 1.6x), 9x9 (2.6x), 9x9/2 (2.6x), 1-d 31 and 49 taps (4.4x, 2.8x) and 3-d 5³ (2.0x),
+# even at 13x13 (1.05x) and 0.03x at 31x31; its training mixed (0.62-1.74x).
+SHIFT_FFT_TAPS = {1: 49, 2: 81, 3: 125}
 
 
 def _shift_taps(cfg: Any) -> float:

@@ -167,6 +167,7 @@ def candidates(cfg: Any) -> list[str]:
         "tapgrad": cfg.groups == 1 and taps <= 49,
         "matmul": taps == 1,
         "fft": depthwise and taps >= 9,
+        "shift_fft": depthwise and taps >= 9,
         "pergroup": cfg.groups > 1 and not depthwise,
         "s2d": strided and cfg.groups == 1,
         "fold": cfg.ndim == 3,
