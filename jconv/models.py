@@ -60,8 +60,8 @@ def _resnet(width: int = 32):
     def forward(nn, x):
         x = nn.relu(nn.conv("stem", x))
         for name in blocks:
-            h = nn.relu(nn.norm(nn.conv(f"{name}.conv1", x)))
-            h = nn.norm(nn.conv(f"{name}.conv2", h))
+            h = nn.relu(nn.bnorm(nn.conv(f"{name}.conv1", x)))
+            h = nn.bnorm(nn.conv(f"{name}.conv2", h))
             short = nn.conv(f"{name}.down", x) if f"{name}.down" in layers else x
             x = nn.relu(h + short)
         return nn.pool(nn.conv("head", x))
@@ -92,9 +92,9 @@ def _mobilenet():
         for name, residual in blocks:
             h = x
             if f"{name}.expand" in layers:
-                h = nn.relu6(nn.norm(nn.conv(f"{name}.expand", h)))
-            h = nn.relu6(nn.norm(nn.conv(f"{name}.dw", h)))
-            h = nn.norm(nn.conv(f"{name}.project", h))
+                h = nn.relu6(nn.bnorm(nn.conv(f"{name}.expand", h)))
+            h = nn.relu6(nn.bnorm(nn.conv(f"{name}.dw", h)))
+            h = nn.bnorm(nn.conv(f"{name}.project", h))
             x = x + h if residual else h
         return nn.pool(nn.conv("head", nn.relu6(nn.conv("last", x))))
 
@@ -143,7 +143,7 @@ def _encode(nn, x, levels: int, norm: bool) -> list:
         if i:
             x = nn.relu(nn.conv(f"down{i}", x))
         h = nn.conv(f"enc{i}", x)
-        x = nn.relu(nn.norm(h) if norm else h)
+        x = nn.relu(nn.bnorm(h) if norm else h)
         skips.append(x)
     return skips
 
@@ -162,7 +162,7 @@ def _unet(widths=(16, 32, 64, 128)):
         x = skips[-1]
         for i in reversed(range(len(widths) - 1)):
             x = nn.cat(nn.conv(f"up{i}", x), skips[i])
-            x = nn.relu(nn.norm(nn.conv(f"dec{i}a", x)))
+            x = nn.relu(nn.bnorm(nn.conv(f"dec{i}a", x)))
             x = nn.relu(nn.conv(f"dec{i}b", x))
         return nn.conv("out", x)
 
@@ -252,17 +252,27 @@ class JaxNN:
         return jax.nn.leaky_relu(x, 0.1)
 
     def norm(self, x):  # layer norm over channels, no affine (ConvNeXt's LayerNorm)
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(self.c, keepdims=True)
-        var = jnp.square(x32 - mean).mean(self.c, keepdims=True)
-        return ((x32 - mean) * lax.rsqrt(var + 1e-6)).astype(x.dtype)
+        return _standardize(x, self.c, 1e-6)
+
+    def bnorm(self, x):  # batch statistics per channel, no affine (BatchNorm, training)
+        return _standardize(x, self._other_axes(x, 0), 1e-5)
 
     def cat(self, a, b):
         return jnp.concatenate([a, b], axis=self.c)
 
     def pool(self, x):  # global mean -> (N, C)
-        axes = tuple(a for a in range(1, x.ndim) if a != x.ndim + self.c and a != self.c)
-        return x.astype(jnp.float32).mean(axes)
+        return x.astype(jnp.float32).mean(self._other_axes(x, 1))
+
+    def _other_axes(self, x, start: int) -> tuple:
+        """The axes from ``start`` on but the channel axis."""
+        return tuple(a for a in range(start, x.ndim) if a != x.ndim + self.c and a != self.c)
+
+
+def _standardize(x, axes, eps):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(axes, keepdims=True)
+    var = jnp.square(x32 - mean).mean(axes, keepdims=True)
+    return ((x32 - mean) * lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 def _loss_jax(out, target, kind):
@@ -382,6 +392,9 @@ class TorchNN:
         mean = x32.mean(1, keepdim=True)
         var = (x32 - mean).square().mean(1, keepdim=True)
         return ((x32 - mean) * self.torch.rsqrt(var + 1e-6)).to(x.dtype)
+
+    def bnorm(self, x):
+        return self.F.batch_norm(x.float(), None, None, training=True, eps=1e-5).to(x.dtype)
 
     def cat(self, a, b):
         return self.torch.cat([a, b], 1)
