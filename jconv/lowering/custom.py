@@ -121,26 +121,6 @@ def undifferentiated(plain: Fn, trained: Fn) -> Fn:
     return lowering
 
 
-def materialized(form: Fn, x: jax.Array, w: jax.Array) -> jax.Array:
-    """``form(x, w)``; undifferentiated, computed as one array inside a ``lax.cond`` on a
-    predicate true of every float (``w``'s first element is finite, infinite or NaN)
-    that XLA cannot fold. Then consumers read that array: where a depthwise output
-    fed a batch norm's mean, variance and scaling, XLA had run the multiply-adds
-    again inside each, from copies of every tap window (MobileNetV2-style inference,
-    batch norm: 65.5 -> 19.1 ms). Alone a layer's forward ran 1.6-1.9x slower so (the
-    branch runs on one thread). Differentiated, ``form`` itself."""
-
-    @jax.custom_jvp
-    def conv(x, w):
-        first = w.reshape(-1)[0]
-        always = jnp.isfinite(first) | jnp.isinf(first) | jnp.isnan(first)
-        out = jax.eval_shape(form, x, w)
-        return jax.lax.cond(always, form, lambda *_: jnp.zeros(out.shape, out.dtype), x, w)
-
-    conv.defjvp(lambda primals, tangents: jax.jvp(form, primals, tangents))
-    return conv(x, w)
-
-
 def transpose(linear: Fn, shape, dtype, ct: jax.Array) -> jax.Array:
     """The transpose of the linear map ``linear`` (from arrays of ``shape``) at ``ct``.
 
