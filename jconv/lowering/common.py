@@ -111,6 +111,15 @@ def group_block(groups: int, per_group: int, budget: int = BLOCK_BYTES) -> int:
     )
 
 
+def split_block(count: int, per: int, budget: int = BLOCK_BYTES) -> int:
+    """``group_block`` of ``count`` items of ``per`` bytes, but at least two blocks where
+    ``count`` is more than one: where all fit, the largest proper divisor."""
+    b = group_block(count, per, budget)
+    if b < count or count < 2:
+        return b
+    return max(d for d in range(1, count) if count % d == 0)
+
+
 def by_blocks(part, count: int, out_shape, dtype, axis: int, *like):
     """The array of ``out_shape`` whose axis ``axis`` holds ``count`` equal blocks,
     block ``i`` being ``part(i)``, filled one block at a time in a loop: one block's

@@ -96,13 +96,16 @@ def plan(
         if per_group == 1:
             if split:
                 return "shift" if taps <= 49 else "xla"
-            if _shift_taps(cfg) <= SHIFT_TAPS[cfg.ndim]:
+            spread = _shift_taps(cfg)
+            if spread <= SHIFT_TAPS[cfg.ndim]:
                 return "shift"
-            if _shift_taps(cfg) <= SHIFT_FFT_TAPS[cfg.ndim]:
-                # its inference pads the input once (``taps.shift_conv``)
-                if pad_growth(x_shape[2:], cfg.pads) <= PAD_GROWTH:
-                    return "shift_fft"
-            return "fft"
+            # shift_fft's inference pads the input once (``taps.shift_conv``)
+            padded = pad_growth(x_shape[2:], cfg.pads)
+            return (
+                "shift_fft"
+                if spread <= SHIFT_FFT_TAPS[cfg.ndim] and padded <= PAD_GROWTH
+                else "fft"
+            )
         if per_group * taps <= 64:
             return "shift"
         return "pergroup" if cfg.ndim <= 2 or split else "xla"

@@ -33,6 +33,7 @@ from jconv.lowering.common import (
     group_block,
     over_groups,
     pad_growth,
+    split_block,
     transposed_spec,
     windows,
     with_input_past,
@@ -91,10 +92,7 @@ def _in_group_loop(form, dy, w, spec: ConvSpec):
     if g < 2:
         return form(dy, w, spec)
     per_group = math.prod(dy.shape) // g * jnp.dtype(accumulator(dy.dtype)).itemsize
-    b = group_block(g, per_group)
-    if b == g:  # at least two blocks
-        b = max(d for d in range(1, g) if g % d == 0)
-    return over_groups(form, dy, w, spec, b)
+    return over_groups(form, dy, w, spec, split_block(g, per_group))
 
 
 def _shift_dw(x, dy, spec: ConvSpec, kernel):
@@ -228,11 +226,11 @@ def _tiles(batch: int, groups: int, image: int):
     that fit a block (``BLOCK_BYTES``), else one image's most channels; at least two
     tiles. ``None`` where no split gives two (one image of one channel)."""
     if batch > 1 and image <= BLOCK_BYTES:
-        fit = [b for b in range(1, batch) if batch % b == 0 and b * image <= BLOCK_BYTES]
-        return max(fit), groups
-    split = [b for b in range(1, groups + (batch > 1)) if groups % b == 0]
-    fit = [b for b in split if b * image // groups <= BLOCK_BYTES]
-    return (1, max(fit or split[:1])) if split else None
+        return split_block(batch, image, BLOCK_BYTES), groups
+    if batch == 1 and groups == 1:
+        return None
+    block = split_block if batch == 1 else group_block
+    return 1, block(groups, image // groups, BLOCK_BYTES)
 
 
 def _tap_sums(x, dy, kernel, spec: ConvSpec):
