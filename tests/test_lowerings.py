@@ -515,6 +515,40 @@ def test_shift_output_read_by_a_reduction_needs_no_window_copies():
     assert used["auto"] <= 2 * used["xla"], used
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shift_output_is_materialized_only_undifferentiated(stride):
+    """Undifferentiated, a planned ``"shift"`` conv computes its output inside a
+    ``lax.cond`` (so that XLA materializes it once for all its consumers); under
+    ``jvp`` it does not. Both equal xla's, under ``vmap`` too, and with an infinite
+    or NaN weight (the predicate holds for every float)."""
+    cfg = jconv.Conv2d(8, 8, 3, stride=stride, padding=1, groups=8)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 10, 10))
+    t = jax.random.normal(jax.random.key(1), x.shape)
+    assert plan(cfg, x.shape, jnp.float32, "cpu") == "shift"
+    p, p_xla = (
+        jconv.init(jax.random.key(2), dataclasses.replace(cfg, algorithm=a))
+        for a in ("auto", "xla")
+    )
+
+    def infer(p):
+        return jconv.apply(p, x)
+
+    def batched(p):
+        return jax.vmap(jconv.apply, (None, 0))(p, x[None])
+
+    def tangent(p):
+        return jax.jvp(lambda x: jconv.apply(p, x), (x,), (t,))
+
+    conds = {f: str(jax.make_jaxpr(f)(p)).count("cond[") for f in (infer, batched, tangent)}
+    assert conds[infer] == conds[batched] == conds[tangent] + 1  # besides the platforms'
+    for f in conds:
+        chex.assert_trees_all_close(f(p), f(p_xla), atol=1e-5, rtol=1e-5)
+    for bad in (jnp.inf, jnp.nan):
+        w = p.weight.at[0, 0, 0, 0].set(bad)
+        got, want = (infer(dataclasses.replace(q, weight=w)) for q in (p, p_xla))
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+
+
 @pytest.mark.parametrize(
     "shape, kernel, stride, mult, dtype, block, tiles",
     [

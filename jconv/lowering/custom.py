@@ -121,6 +121,28 @@ def undifferentiated(plain: Fn, trained: Fn) -> Fn:
     return lowering
 
 
+def materialized(form: Fn, x: jax.Array, w: jax.Array) -> jax.Array:
+    """``form(x, w)``; undifferentiated, computed as one array inside a ``lax.cond`` on a
+    predicate true of every float (``w``'s first element is finite, infinite or NaN)
+    that XLA cannot fold. Then consumers read that array: where a depthwise output
+    fed a batch norm's mean, variance and scaling, XLA had run the multiply-adds
+    again inside each, from copies of every tap window (MobileNetV2-style inference,
+    batch norm: 65.5 -> 19.1 ms). The cost: a bias added after it is a pass of its own
+    unless a consumer takes it in (a lone layer with bias: 1.0-1.4x slower; without
+    bias, even). The never-taken branch's zeros vary over the same ``shard_map`` axes
+    as ``form``'s output. Differentiated, ``form`` itself."""
+
+    @jax.custom_jvp
+    def conv(x, w):
+        first = w.reshape(-1)[0]
+        always = jnp.isfinite(first) | jnp.isinf(first) | jnp.isnan(first)
+        out = jax.eval_shape(form, x, w)
+        return jax.lax.cond(always, form, lambda a, b: zeros(out.shape, out.dtype, a, b), x, w)
+
+    conv.defjvp(lambda primals, tangents: jax.jvp(form, primals, tangents))
+    return conv(x, w)
+
+
 def transpose(linear: Fn, shape, dtype, ct: jax.Array) -> jax.Array:
     """The transpose of the linear map ``linear`` (from arrays of ``shape``) at ``ct``.
 

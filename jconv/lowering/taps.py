@@ -176,7 +176,14 @@ _keep_loop_fusion.defjvp(lambda primals, tangents: (primals[0], tangents[0]))
 
 
 def shift(x, w, spec: ConvSpec):
-    """The ``"shift"`` lowering; its input gradient (stride 1) is a shift conv too."""
+    """The ``"shift"`` lowering; its input gradient (stride 1) is a shift conv too. On CPU
+    with the input on one device, its undifferentiated output is materialized
+    (``custom.materialized``)."""
+    form = functools.partial(_shift, spec=spec)
+    return custom.materialized(form, x, w) if spec.widen else form(x, w)
+
+
+def _shift(x, w, spec: ConvSpec):
     if all(s == 1 for s in spec.stride):
         return _keep_loop_fusion(custom.bilinear("shift", x, w, spec))
     if not spec.widen:
