@@ -672,13 +672,21 @@ def test_fft_plans_a_depthwise_layer_whose_one_channel_outgrows_a_block():
 
 
 @pytest.mark.parametrize(
-    "size, want", [(56, "shift_fft"), (28, "shift_fft"), (14, "fft"), (7, "fft")]
+    "batch, size, want",
+    [
+        (8, 56, "shift_fft"),
+        (8, 24, "shift_fft"),
+        (8, 14, "fft"),
+        (8, 7, "fft"),
+        (1, 7, "shift_fft"),
+    ],
 )
-def test_shift_fft_gives_way_to_the_fft_where_the_padded_input_outgrows_it(size, want):
+def test_shift_fft_gives_way_to_the_fft_where_the_padded_input_outgrows_it(batch, size, want):
     """``"shift_fft"``'s inference pads its input once: where that copy would be more
-    than 1.5x the input (7x7 at 14²: 2.0x), the planner keeps ``"fft"``."""
+    than 1.8x the input (7x7 at 24²: 1.56x; at 14²: 2.04x) and more than 1 MiB (batch 1
+    at 7²: 0.26 MB; batch 8: 2.1 MB), the planner keeps ``"fft"``."""
     cfg = jconv.Conv2d(384, 384, 7, padding=3, groups=384)
-    assert plan(cfg, (8, 384, size, size), jnp.float32, "cpu") == want
+    assert plan(cfg, (batch, 384, size, size), jnp.float32, "cpu") == want
 
 
 def test_shift_fft_infers_with_multiply_adds_and_trains_through_the_fft():

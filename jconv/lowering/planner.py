@@ -7,7 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from jconv.lowering.common import PAD_GROWTH, light_weight, pad_growth
+from jconv.lowering.common import accumulator, light_weight, pads_once
 from jconv.lowering.widened import FEATURES
 
 
@@ -50,8 +50,8 @@ def plan(
       large (``_large_1d``): ``"xla"``;
     * depthwise (one input channel per group): ``"shift"`` up to ``SHIFT_TAPS`` of
       its rank's taps per output (see there), then ``"shift_fft"`` up to
-      ``SHIFT_FFT_TAPS`` where the input padded grows at most ``PAD_GROWTH`` times,
-      then ``"fft"``; split inputs keep
+      ``SHIFT_FFT_TAPS`` where its forward may pad the input once (``pads_once``), then
+      ``"fft"``; split inputs keep
       ``"shift"`` up to 49 taps, then ``"xla"`` (the FFT would gather the batch);
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
       ``"pergroup"`` beyond in 1-d and 2-d (3-d: xla; pergroup 0.70x, 4.9x memory);
@@ -100,12 +100,9 @@ def plan(
             if spread <= SHIFT_TAPS[cfg.ndim]:
                 return "shift"
             # shift_fft's inference pads the input once (``taps.shift_conv``)
-            padded = pad_growth(x_shape[2:], cfg.pads)
-            return (
-                "shift_fft"
-                if spread <= SHIFT_FFT_TAPS[cfg.ndim] and padded <= PAD_GROWTH
-                else "fft"
-            )
+            padded = pads_once(x_shape, cfg.pads, accumulator(dtype))
+            return "shift_fft" if spread <= SHIFT_FFT_TAPS[cfg.ndim] and padded else "fft"
+
         if per_group * taps <= 64:
             return "shift"
         return "pergroup" if cfg.ndim <= 2 or split else "xla"

@@ -27,12 +27,11 @@ from jax import lax
 from jconv.lowering import custom, phases, xla
 from jconv.lowering.common import (
     BLOCK_BYTES,
-    PAD_GROWTH,
     accumulator,
     flip_swap,
     group_block,
     over_groups,
-    pad_growth,
+    pads_once,
     split_block,
     transposed_spec,
     windows,
@@ -51,8 +50,8 @@ def shift_conv(x, w, spec: ConvSpec):
     pad themselves inside the fused loop (``windows``' ``fuse_pads``): 3x3, 1x7, 1-d 3
     to 11 taps ran 1.1-4x faster than from a padded copy. With more, that loop ran
     2-8.7x slower than padding the input once (1-d 15 to 25 taps, 3x5, 4x4, 5x5, 7x7,
-    3x3x3), which is done unless the copy would outgrow the input ``PAD_GROWTH``
-    times (7x7 at 14²: 2.0x, which held 1.98x xla's forward temporaries).
+    3x3x3), which is done where ``pads_once`` allows the copy (7x7 at 14², 2.04x the
+    input, held 1.98x xla's forward temporaries; 8x96x12² and 8x192x6²: 9-12x slower fused).
     """
     n, g = x.ndim - 2, spec.groups
     batch, (cout, per_in), kernel = x.shape[0], w.shape[:2], w.shape[2:]
@@ -62,7 +61,7 @@ def shift_conv(x, w, spec: ConvSpec):
     wg = w.reshape(g, cout // g, per_in, *kernel).astype(acc)
     y = None
     few = math.prod(kernel) <= FUSED_PAD_TAPS
-    fuse_pads = per_in == 1 and (few or pad_growth(x.shape[2:], spec.pads) > PAD_GROWTH)
+    fuse_pads = per_in == 1 and (few or not pads_once(x.shape, spec.pads, acc))
     for t, xt in windows(xg, kernel, spec, fuse_pads=fuse_pads):
         for c in range(per_in):
             term = xt[:, :, c, None] * wg[(slice(None), slice(None), c, *t)].reshape(
