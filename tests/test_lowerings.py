@@ -516,11 +516,11 @@ def test_shift_output_read_by_a_reduction_needs_no_window_copies():
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_shift_output_is_materialized_only_undifferentiated(stride):
-    """Undifferentiated, a planned ``"shift"`` conv computes its output inside a
-    ``lax.cond`` (so that XLA materializes it once for all its consumers); under
-    ``jvp`` it does not. Both equal xla's, under ``vmap`` too, and with an infinite
-    or NaN weight (the predicate holds for every float)."""
+def test_shift_output_is_materialized(stride):
+    """A planned ``"shift"`` conv computes its output inside a ``lax.cond`` (so that XLA
+    materializes it once for all its consumers), under ``vmap`` and ``jvp`` too, and at
+    stride 2 its input gradient as well. All equal xla's, gradients too, and with an
+    infinite or NaN weight (the predicate holds for every float)."""
     cfg = jconv.Conv2d(8, 8, 3, stride=stride, padding=1, groups=8)
     x = jax.random.normal(jax.random.key(0), (4, 8, 10, 10))
     t = jax.random.normal(jax.random.key(1), x.shape)
@@ -539,8 +539,16 @@ def test_shift_output_is_materialized_only_undifferentiated(stride):
     def tangent(p):
         return jax.jvp(lambda x: jconv.apply(p, x), (x,), (t,))
 
-    conds = {f: str(jax.make_jaxpr(f)(p)).count("cond[") for f in (infer, batched, tangent)}
-    assert conds[infer] == conds[batched] == conds[tangent] + 1  # besides the platforms'
+    def grad(p):
+        dp, dx = jax.grad(lambda p, x: jnp.sum(jnp.sin(jconv.apply(p, x))), (0, 1))(p, x)
+        return dp.weight, dp.bias, dx
+
+    # one predicate (``isfinite(w[0])``...) per materialized array
+    conds = {
+        f: str(jax.make_jaxpr(f)(p)).count("is_finite") for f in (infer, batched, tangent, grad)
+    }
+    assert conds[infer] == conds[batched] == conds[tangent] == 1, conds
+    assert conds[grad] == 1 + (stride > 1), conds  # and the strided input gradient
     for f in conds:
         chex.assert_trees_all_close(f(p), f(p_xla), atol=1e-5, rtol=1e-5)
     for bad in (jnp.inf, jnp.nan):

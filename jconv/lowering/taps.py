@@ -111,7 +111,9 @@ def _shift_strided_dx(w, dy, spec: ConvSpec):
     loss of ``y²``, 5x5 and 7x7 at stride 2 held 3.6x and 7.6x xla's temporaries, and
     3x3x3 at stride 2 ran 246 ms against 26 ms in the loop on 2x64x16x32²); with 4
     or fewer, whole (3x3 at stride 2: 1.0x xla's; MobileNetV2's step ran 0.85x in the
-    loop). ``output_padding`` holds the input rows past the last window
+    loop), and materialized (``custom.materialized``: the cotangent's producers, a batch
+    norm's backward, had run again for every tap; MobileNetV2's step 1.14x).
+    ``output_padding`` holds the input rows past the last window
     (``with_input_past``). Only where ``spec.widen`` (CPU, input on one device): its
     depth-to-space interleave would gather a height-split input, which autodiff's
     transposes keep local."""
@@ -120,7 +122,7 @@ def _shift_strided_dx(w, dy, spec: ConvSpec):
         return phases.conv_transpose(dy, w, spec._replace(transposed=True), shift_conv)
 
     if not _strided_loops(w.shape[2:], spec):
-        return form(dy, w, spec)
+        return custom.materialized(lambda a, b: form(a, b, spec), dy, w)
     return _in_group_loop(form, dy, w, spec)
 
 
@@ -176,8 +178,7 @@ _keep_loop_fusion.defjvp(lambda primals, tangents: (primals[0], tangents[0]))
 
 def shift(x, w, spec: ConvSpec):
     """The ``"shift"`` lowering; its input gradient (stride 1) is a shift conv too. On CPU
-    with the input on one device, its undifferentiated output is materialized
-    (``custom.materialized``)."""
+    with the input on one device, its output is materialized (``custom.materialized``)."""
     form = functools.partial(_shift, spec=spec)
     return custom.materialized(form, x, w) if spec.widen else form(x, w)
 
