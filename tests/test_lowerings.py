@@ -515,16 +515,13 @@ def test_shift_output_read_by_a_reduction_needs_no_window_copies():
     assert used["auto"] <= 2 * used["xla"], used
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_shift_output_is_materialized(stride):
-    """A planned ``"shift"`` conv computes its output inside a ``lax.cond`` (so that XLA
-    materializes it once for all its consumers), under ``vmap`` and ``jvp`` too, and at
-    stride 2 its input gradient as well. All equal xla's, gradients too, and with an
-    infinite or NaN weight (the predicate holds for every float)."""
-    cfg = jconv.Conv2d(8, 8, 3, stride=stride, padding=1, groups=8)
-    x = jax.random.normal(jax.random.key(0), (4, 8, 10, 10))
+def _planned_transforms(cfg, shape, want):
+    """Params planned ``want`` (checked) and forced ``"xla"``, and four functions of
+    params on one input: ``infer``, ``batched`` (``vmap``), ``tangent`` (``jvp``) and
+    ``grad`` (of ``sum(sin(y))`` in params and input)."""
+    x = jax.random.normal(jax.random.key(0), shape)
     t = jax.random.normal(jax.random.key(1), x.shape)
-    assert plan(cfg, x.shape, jnp.float32, "cpu") == "shift"
+    assert plan(cfg, x.shape, jnp.float32, "cpu") == want
     p, p_xla = (
         jconv.init(jax.random.key(2), dataclasses.replace(cfg, algorithm=a))
         for a in ("auto", "xla")
@@ -540,8 +537,19 @@ def test_shift_output_is_materialized(stride):
         return jax.jvp(lambda x: jconv.apply(p, x), (x,), (t,))
 
     def grad(p):
-        dp, dx = jax.grad(lambda p, x: jnp.sum(jnp.sin(jconv.apply(p, x))), (0, 1))(p, x)
-        return dp.weight, dp.bias, dx
+        return jax.grad(lambda p, x: jnp.sum(jnp.sin(jconv.apply(p, x))), (0, 1))(p, x)
+
+    return p, p_xla, (infer, batched, tangent, grad)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shift_output_is_materialized(stride):
+    """A planned ``"shift"`` conv computes its output inside a ``lax.cond`` (so that XLA
+    materializes it once for all its consumers), under ``vmap`` and ``jvp`` too, and at
+    stride 2 its input gradient as well. All equal xla's, gradients too, and with an
+    infinite or NaN weight (the predicate holds for every float)."""
+    cfg = jconv.Conv2d(8, 8, 3, stride=stride, padding=1, groups=8)
+    p, p_xla, (infer, batched, tangent, grad) = _planned_transforms(cfg, (4, 8, 10, 10), "shift")
 
     # one predicate (``isfinite(w[0])``...) per materialized array
     conds = {
@@ -550,7 +558,9 @@ def test_shift_output_is_materialized(stride):
     assert conds[infer] == conds[batched] == conds[tangent] == 1, conds
     assert conds[grad] == 1 + (stride > 1), conds  # and the strided input gradient
     for f in conds:
-        chex.assert_trees_all_close(f(p), f(p_xla), atol=1e-5, rtol=1e-5)
+        chex.assert_trees_all_close(
+            *(jax.tree.leaves(f(q)) for q in (p, p_xla)), atol=1e-5, rtol=1e-5
+        )
     for bad in (jnp.inf, jnp.nan):
         w = p.weight.at[0, 0, 0, 0].set(bad)
         got, want = (infer(dataclasses.replace(q, weight=w)) for q in (p, p_xla))
@@ -701,25 +711,9 @@ def test_shift_fft_infers_with_multiply_adds_and_trains_through_the_fft():
     """``"shift_fft"`` (depthwise 7x7) runs no FFT where nothing differentiates it, and
     the FFT's forms under ``jvp`` and ``grad``; each equals xla's, under ``vmap`` too."""
     cfg = jconv.Conv2d(8, 8, 7, padding=3, groups=8)
-    x = jax.random.normal(jax.random.key(0), (2, 8, 32, 32))
-    t = jax.random.normal(jax.random.key(1), x.shape)
-    assert plan(cfg, x.shape, jnp.float32, "cpu") == "shift_fft"
-    p, p_xla = (
-        jconv.init(jax.random.key(2), dataclasses.replace(cfg, algorithm=a))
-        for a in ("auto", "xla")
+    p, p_xla, (infer, batched, tangent, grad) = _planned_transforms(
+        cfg, (2, 8, 32, 32), "shift_fft"
     )
-
-    def infer(p):
-        return jconv.apply(p, x)
-
-    def tangent(p):
-        return jax.jvp(lambda x: jconv.apply(p, x), (x,), (t,))
-
-    def grad(p):
-        return jax.grad(lambda p, x: jnp.sum(jnp.sin(jconv.apply(p, x))), (0, 1))(p, x)
-
-    def batched(p):
-        return jax.vmap(jconv.apply, (None, 0))(p, x[None])
 
     for f, ffts in ((infer, False), (batched, False), (tangent, True), (grad, True)):
         assert ("fft" in str(jax.make_jaxpr(f)(p))) == ffts, f.__name__
