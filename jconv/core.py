@@ -91,11 +91,15 @@ def forward(cfg, weight, bias, x, output_size=None):
         preferred_element_type=cfg.preferred_element_type,
     )
 
+    # the bias joins the lowering (``"shift"`` adds it inside its materialized output),
+    # except where bfloat16/float16 sums widen (``_widened``: float32 sums, then the bias)
+    inner = () if bias is None or wide_sums else (jnp.asarray(bias),)
+
     def lowered(name, spec):
-        def conv(x, w):
+        def conv(x, w, *b):
             if cfg.padding_mode != "zeros":
                 x = _padding.apply_mode(x, cfg.pads, cfg.padding_mode)
-            return lowering.run(name, x, w, spec)
+            return lowering.run(name, x, w, spec, *b)
 
         if not place.explicit:
             return conv
@@ -114,12 +118,12 @@ def forward(cfg, weight, bias, x, output_size=None):
     branches = {key: branch(*key) for key in dict.fromkeys(plans.values())}
     if len(branches) == 1:
         (y_of,) = branches.values()
-        y = y_of(x, w)
+        y = y_of(x, w, *inner)
     else:  # chosen when the program is lowered, for the platform it is lowered for
         default = plans.pop("default")
         per_platform = {p: branches[key] for p, key in plans.items() if key != default}
-        y = jax.lax.platform_dependent(x, w, default=branches[default], **per_platform)
-    if bias is not None:
+        y = jax.lax.platform_dependent(x, w, *inner, default=branches[default], **per_platform)
+    if bias is not None and not inner:
         y = y + jnp.asarray(bias).astype(y.dtype).reshape((-1,) + (1,) * cfg.ndim)
     if wide_sums:
         y = y.astype(dtype)

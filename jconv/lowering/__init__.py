@@ -48,6 +48,7 @@ import jax
 
 from jconv.algorithms import ALGORITHMS, check_algorithm
 from jconv.lowering import custom, dense, folded, subpixel, taps, widened, xla
+from jconv.lowering.common import add_bias
 from jconv.lowering.planner import plan, splits
 from jconv.lowering.spec import ConvSpec
 
@@ -57,8 +58,9 @@ SHIFT_FFT = custom.undifferentiated(taps.shift, dense.fft)
 
 
 @functools.partial(jax.jit, static_argnames=("name", "spec"))
-def run(name: str, x, w, spec: ConvSpec):
-    """Runs lowering ``name`` on batched ``x`` (N, C, *spatial) and weight ``w``.
+def run(name: str, x, w, spec: ConvSpec, b=None):
+    """Runs lowering ``name`` on batched ``x`` (N, C, *spatial) and weight ``w``, plus the
+    bias ``b`` (C_out,) when given (``"shift"`` adds it inside its own output).
 
     Jitted, so that eager calls compile one program per shape instead of one per
     operation; inside a caller's ``jit`` it is inlined.
@@ -82,4 +84,7 @@ def run(name: str, x, w, spec: ConvSpec):
             "fold": folded.fold,
             "widened": widened.lowering,
         }
-    return lowerings[name](x, w, spec)
+    if b is not None and name == "shift":
+        return taps.shift(x, w, spec, b)
+    y = lowerings[name](x, w, spec)
+    return y if b is None else add_bias(y, b)

@@ -164,6 +164,11 @@ def over_groups(form, x, w, spec: ConvSpec, b: int):
     return by_blocks(part, g // b, shape, out.dtype, 1, x, w)
 
 
+def add_bias(y, b):
+    """``y`` (N, C, *sp) plus the bias ``b`` (C,) per channel, in ``y``'s dtype."""
+    return y + b.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 2))
+
+
 def accumulator(dtype):
     """The dtype sums run in: float32 or wider."""
     return jnp.promote_types(dtype, jnp.float32)

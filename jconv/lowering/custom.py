@@ -121,30 +121,30 @@ def undifferentiated(plain: Fn, trained: Fn) -> Fn:
     return lowering
 
 
-def materialized(form: Fn, x: jax.Array, w: jax.Array) -> jax.Array:
-    """``form(x, w)``; undifferentiated, computed as one array inside a ``lax.cond`` on a
+def materialized(form: Fn, x: jax.Array, w: jax.Array, *rest: jax.Array) -> jax.Array:
+    """``form(x, w, *rest)``, computed as one array inside a ``lax.cond`` on a
     predicate true of every float (``w``'s first element is finite, infinite or NaN)
     that XLA cannot fold. Then consumers read that array: where a depthwise output
     fed a batch norm's mean, variance and scaling, XLA had run the multiply-adds
     again inside each, from copies of every tap window (MobileNetV2-style inference,
-    batch norm: 65.5 -> 19.1 ms). The cost: a bias added after it is a pass of its own
-    unless a consumer takes it in (a lone layer with bias: 1.0-1.4x slower; without
-    bias, even). Under ``jvp`` the primal is that array too, the tangent ``form``'s
+    batch norm: 65.5 -> 19.1 ms). What ``form`` should add (a bias) belongs inside it:
+    added after the cond, a bias was a pass of its own over the output (a lone
+    depthwise layer's forward 1.15-1.4x slower). Under ``jvp`` the primal is that array too, the tangent ``form``'s
     (MobileNetV2-style step 1.12x). The never-taken branch's zeros vary over the same
     ``shard_map`` axes as ``form``'s output."""
 
     @jax.custom_jvp
-    def conv(x, w):
-        first = w.reshape(-1)[0]
+    def conv(*operands):
+        first = operands[1].reshape(-1)[0]
         always = jnp.isfinite(first) | jnp.isinf(first) | jnp.isnan(first)
-        out = jax.eval_shape(form, x, w)
-        return jax.lax.cond(always, form, lambda a, b: zeros(out.shape, out.dtype, a, b), x, w)
+        out = jax.eval_shape(form, *operands)
+        return jax.lax.cond(always, form, lambda *a: zeros(out.shape, out.dtype, *a), *operands)
 
     def jvp(primals, tangents):  # the primal materialized too; the tangent as ``form``'s
         return conv(*primals), jax.jvp(form, primals, tangents)[1]
 
     conv.defjvp(jvp)
-    return conv(x, w)
+    return conv(x, w, *rest)
 
 
 def transpose(linear: Fn, shape, dtype, ct: jax.Array) -> jax.Array:

@@ -28,6 +28,7 @@ from jconv.lowering import custom, phases, xla
 from jconv.lowering.common import (
     BLOCK_BYTES,
     accumulator,
+    add_bias,
     flip_swap,
     group_block,
     over_groups,
@@ -176,11 +177,17 @@ def _keep_loop_fusion(y):
 _keep_loop_fusion.defjvp(lambda primals, tangents: (primals[0], tangents[0]))
 
 
-def shift(x, w, spec: ConvSpec):
-    """The ``"shift"`` lowering; its input gradient (stride 1) is a shift conv too. On CPU
-    with the input on one device, its output is materialized (``custom.materialized``)."""
-    form = functools.partial(_shift, spec=spec)
-    return custom.materialized(form, x, w) if spec.widen else form(x, w)
+def shift(x, w, spec: ConvSpec, b=None):
+    """The ``"shift"`` lowering, plus the bias ``b`` when given; its input gradient
+    (stride 1) is a shift conv too. On CPU with the input on one device, its output is
+    materialized (``custom.materialized``) with the bias added inside."""
+
+    def form(x, w, *b):
+        y = _shift(x, w, spec)
+        return add_bias(y, *b) if b else y
+
+    operands = (x, w) if b is None else (x, w, b)
+    return custom.materialized(form, *operands) if spec.widen else form(*operands)
 
 
 def _shift(x, w, spec: ConvSpec):
