@@ -15,6 +15,7 @@ from jax.custom_derivatives import SymbolicZero
 from jconv import lowering, shapes
 from jconv import padding as _padding
 from jconv.lowering import tune
+from jconv.lowering.common import add_bias
 from jconv.lowering.placement import output_spec, placement
 
 
@@ -124,7 +125,7 @@ def forward(cfg, weight, bias, x, output_size=None):
         per_platform = {p: branches[key] for p, key in plans.items() if key != default}
         y = jax.lax.platform_dependent(x, w, *inner, default=branches[default], **per_platform)
     if bias is not None and not inner:
-        y = y + jnp.asarray(bias).astype(y.dtype).reshape((-1,) + (1,) * cfg.ndim)
+        y = add_bias(y, jnp.asarray(bias))
     if wide_sums:
         y = y.astype(dtype)
     return y if batched else y[0]

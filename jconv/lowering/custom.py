@@ -129,9 +129,9 @@ def materialized(form: Fn, x: jax.Array, w: jax.Array, *rest: jax.Array) -> jax.
     again inside each, from copies of every tap window (MobileNetV2-style inference,
     batch norm: 65.5 -> 19.1 ms). What ``form`` should add (a bias) belongs inside it:
     added after the cond, a bias was a pass of its own over the output (a lone
-    depthwise layer's forward 1.15-1.4x slower). Under ``jvp`` the primal is that array too, the tangent ``form``'s
-    (MobileNetV2-style step 1.12x). The never-taken branch's zeros vary over the same
-    ``shard_map`` axes as ``form``'s output."""
+    depthwise layer's forward 1.15-1.4x slower). Under ``jvp`` the primal is that array
+    too, the tangent ``form``'s (MobileNetV2-style step 1.12x). The never-taken branch's
+    zeros vary over the same ``shard_map`` axes as ``form``'s output."""
 
     @jax.custom_jvp
     def conv(*operands):

@@ -102,7 +102,6 @@ def plan(
             # shift_fft's inference pads the input once (``taps.shift_conv``)
             padded = pads_once(x_shape, cfg.pads, accumulator(dtype))
             return "shift_fft" if spread <= SHIFT_FFT_TAPS[cfg.ndim] and padded else "fft"
-
         if per_group * taps <= 64:
             return "shift"
         return "pergroup" if cfg.ndim <= 2 or split else "xla"
