@@ -19,9 +19,20 @@ ALGORITHMS = (
     "s2d",
     "fold",
     "widened",
+    "unfold",
 )
 TRANSPOSED_ONLY = ("subpixel",)
-FORWARD_ONLY = ("shift", "tapgrad", "matmul", "fft", "shift_fft", "s2d", "fold", "widened")
+FORWARD_ONLY = (
+    "shift",
+    "tapgrad",
+    "matmul",
+    "fft",
+    "shift_fft",
+    "s2d",
+    "fold",
+    "widened",
+    "unfold",
+)
 
 
 def check_algorithm(algorithm: object, transposed: bool, kernel_size: tuple[int, ...] = ()) -> None:

@@ -14,7 +14,18 @@ from jax.test_util import check_grads
 import jconv
 from jconv.lowering import ALGORITHMS, plan
 
-FORWARD = ("shift", "tapgrad", "matmul", "fft", "shift_fft", "pergroup", "s2d", "fold", "widened")
+FORWARD = (
+    "shift",
+    "tapgrad",
+    "matmul",
+    "fft",
+    "shift_fft",
+    "pergroup",
+    "s2d",
+    "fold",
+    "widened",
+    "unfold",
+)
 
 
 def _case_for(algorithm: str, seed: int):
@@ -57,6 +68,13 @@ SMALL = [
     ("s2d", jconv.Conv2d(3, 2, (3, 4), stride=(2, 3), padding=1), (1, 3, 7, 8)),
     ("fold", jconv.Conv3d(2, 4, (2, 3, 2), stride=(2, 1, 1), padding=1, groups=2), (1, 2, 4, 3, 3)),
     ("subpixel", jconv.ConvTranspose2d(4, 6, 3, stride=2, padding=(1, 0), groups=2), (1, 4, 3, 4)),
+    (
+        "unfold",
+        jconv.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2),
+        (2, 4, 5, 6),
+    ),
+    ("unfold", jconv.Conv1d(3, 4, 3, padding=((2, 0),)), (1, 3, 4)),
+    ("unfold", jconv.Conv3d(2, 3, 2, stride=(1, 2, 1), padding=(0, 1, 0)), (1, 2, 3, 4, 3)),
     ("widened", jconv.Conv2d(3, 4, (3, 2), padding=(1, 0), dilation=(1, 2)), (2, 3, 5, 6)),
     ("widened", jconv.Conv2d(2, 4, 3, stride=(2, 1), padding=((0, 2), (1, 1))), (1, 2, 6, 5)),
     # blocked fold, ungrouped and strided: weight gradient by convolutions, input
@@ -308,14 +326,14 @@ def test_bfloat16_forward_and_gradients_stay_close_on_every_lowering(groups):
         return [y, *jax.tree.leaves(vjp(jnp.ones_like(y)))]
 
     ref = [np.asarray(a, np.float32) for a in run("xla")]
-    for name in ("shift", "tapgrad", "fft", "shift_fft", "pergroup", "s2d", "widened"):
+    for name in ("shift", "tapgrad", "fft", "shift_fft", "pergroup", "s2d", "widened", "unfold"):
         got = run(name)
         assert got[0].dtype == jnp.bfloat16, name
         for a, b in zip(got, ref):
             assert np.max(np.abs(np.asarray(a, np.float32) - b)) <= 0.05 * np.max(np.abs(b)), name
 
 
-_CUSTOM = ("shift", "tapgrad", "subpixel", "widened", "matmul")  # one case of each
+_CUSTOM = ("shift", "tapgrad", "subpixel", "widened", "matmul", "unfold")  # one case of each
 
 
 @pytest.mark.parametrize("i", tiered([[n for n, *_ in SMALL].index(name) for name in _CUSTOM], [0]))
@@ -362,6 +380,33 @@ def test_blocked_weight_gradients_and_their_limits(name, batch, cout):
         p = jconv.init(jax.random.key(1), c)
         grads.append(jax.grad(lambda p: jnp.sum(jnp.sin(jconv.apply(p, x))))(p).weight)
     chex.assert_trees_all_close(grads[0], grads[1], atol=2e-5 * float(jnp.abs(grads[1]).max()))
+
+
+@pytest.mark.parametrize(
+    "cfg, shape, dtype, want",
+    [
+        # at least 1.25 output channels per output pixel of the batch
+        (jconv.Conv2d(512, 512, 3, padding=1), (8, 512, 7, 7), "float32", "unfold"),
+        (jconv.Conv2d(512, 512, 3, padding=1), (9, 512, 7, 7), "float32", "xla"),
+        (jconv.Conv2d(256, 512, 3, stride=2, padding=1), (8, 256, 14, 14), "float32", "unfold"),
+        (jconv.Conv2d(256, 256, 3, padding=1), (16, 256, 4, 4), "float32", "xla"),
+        (jconv.Conv2d(64, 64, 3, padding=1), (1, 64, 7, 7), "float32", "unfold"),
+        (jconv.Conv2d(64, 64, 3, padding=1, dilation=2), (1, 64, 6, 7), "float32", "unfold"),
+        (jconv.Conv1d(512, 512, 3, padding=1), (1, 512, 256), "float32", "unfold"),
+        (jconv.Conv3d(256, 256, 3, padding=1), (2, 256, 4, 4, 4), "float32", "unfold"),
+        (jconv.Conv3d(128, 128, 3, padding=1), (2, 128, 4, 4, 4), "float32", "fold"),
+        # bfloat16 ran mixed; groups have their own lowerings; 1x1 is "matmul"
+        (jconv.Conv2d(512, 512, 3, padding=1), (1, 512, 7, 7), "bfloat16", "xla"),
+        (jconv.Conv2d(512, 512, 3, padding=1, groups=2), (1, 512, 7, 7), "float32", "pergroup"),
+        (jconv.Conv2d(512, 512, 1), (1, 512, 7, 7), "float32", "matmul"),
+    ],
+)
+def test_planner_unfolds_where_the_weight_outweighs_the_input(cfg, shape, dtype, want):
+    """``"unfold"`` where the output channels outnumber the batch's output pixels
+    (low resolution, wide channels, small batch), in float32 on one device."""
+    assert plan(cfg, shape, jnp.dtype(dtype), "cpu") == want
+    assert plan(cfg, shape, jnp.dtype(dtype), "cpu", 8, (True,) + (False,) * cfg.ndim) != "unfold"
+    assert plan(cfg, shape, jnp.dtype(dtype), "gpu") != "unfold"
 
 
 def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
@@ -461,6 +506,10 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
             "train",
             "float32",
         ),
+        # unfold: at most about the weight in stacked windows
+        (jconv.Conv2d(512, 512, 3, padding=1), (8, 512, 7, 7), "train", "float32"),
+        (jconv.Conv2d(256, 512, 3, stride=2, padding=1), (1, 256, 14, 14), "forward", "float32"),
+        (jconv.Conv3d(256, 256, 3, padding=1), (2, 256, 4, 4, 4), "train", "float32"),
         # heavy 1x1: one product over the batch (the weight broadcast per image: 6.9x)
         (jconv.Conv2d(2048, 512, 1), (64, 2048, 7, 7), "train", "float32"),
         (jconv.Conv2d(768, 192, 1), (8, 768, 6, 6), "train", "float32"),

@@ -83,6 +83,7 @@ def run(name: str, x, w, spec: ConvSpec, b=None):
             "s2d": folded.s2d,
             "fold": folded.fold,
             "widened": widened.lowering,
+            "unfold": dense.unfold,
         }
     if b is not None and name == "shift":
         return taps.shift(x, w, spec, b)

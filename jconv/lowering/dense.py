@@ -46,6 +46,26 @@ def matmul(x, w, spec: ConvSpec):
     return channel_product(xt, w, spec, broadcast)
 
 
+def unfold(x, w, spec: ConvSpec):
+    """Conv of ``x`` (N, C, *sp) with ``w`` (O, C/g, *k) as one matrix product over
+    channels and kernel taps (im2col): every tap's window stacked beside its channel,
+    ``X[n, (c, t), q] = x_pad[n, c, s·q + d·t]``, times ``w`` as an (O, C/g·∏k) matrix.
+    Its gradients are autodiff's: a product and the windows' transposes (pads and adds)
+    for the input, and the product with ``X``, rebuilt from ``x``, for the weight."""
+    return custom.bilinear("unfold", x, w, spec)
+
+
+def _unfolded(x, w, spec: ConvSpec):
+    n, kernel = x.ndim - 2, w.shape[2:]
+    cols = jnp.stack([xt for _, xt in windows(x, kernel, spec)], axis=2)  # (N, C, ∏k, *out)
+    cols = cols.reshape(x.shape[0], x.shape[1] * math.prod(kernel), *cols.shape[3:])
+    one = spec._replace(stride=(1,) * n, pads=((0, 0),) * n, dilation=(1,) * n)
+    return channel_product(cols, w.reshape(w.shape[0], -1, *(1,) * n), one, False)
+
+
+custom.register("unfold", _unfolded)
+
+
 def _fft_size(n: int) -> int:
     """The smallest 2^a·3^b·5^c ≥ n (sizes the FFT runs fast on)."""
     best = 1 << (n - 1).bit_length()

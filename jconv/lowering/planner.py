@@ -55,6 +55,9 @@ def plan(
       ``"shift"`` up to 49 taps, then ``"xla"`` (the FFT would gather the batch);
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
       ``"pergroup"`` beyond in 1-d and 2-d (3-d: xla; pergroup 0.70x, 4.9x memory);
+    * dense float32, 1-d to 3-d, on one device, where the weight outweighs the
+      unfolded input (``_unfolds``: low resolution, wide channels, small batch):
+      ``"unfold"``;
     * dense 3-d: ``"fold"`` (``"xla"`` when split in space, or for a kernel of
       one tap in the plane, k×1×1);
     * dense 2-d float32 or bfloat16 with more than 16 channels in or out, 8 to 64 in the
@@ -105,6 +108,8 @@ def plan(
         if per_group * taps <= 64:
             return "shift"
         return "pergroup" if cfg.ndim <= 2 or split else "xla"
+    if not split and _unfolds(cfg, x_shape, dtype):
+        return "unfold"
     if cfg.ndim == 3:
         # a depth-only kernel folds into a 1x1 plane conv, which ran 0.69-0.74x xla's
         # (R(2+1)D's 3x1x1 on 2x64x8x56², 2x32x16x32² -> 64; 5x1x1 on 2x64x8x28²)
@@ -141,6 +146,31 @@ def _shift_taps(cfg: Any) -> float:
     window is a strided read; the FFT's cost is the input's, whatever the stride)."""
     stride = math.prod(cfg.stride)
     return math.prod(cfg.kernel_size) * (2 if stride > 1 else 1) / stride
+
+
+def _unfolds(cfg: Any, x_shape: tuple[int, ...], dtype: Any) -> bool:
+    """Whether a dense float32 conv's weight outweighs its unfolded input (``"unfold"``):
+    at least ``UNFOLD_WEIGHT`` output channels per output pixel of the batch. There XLA's
+    CPU convolution, a product whose rows are those pixels, ran 1.1-33x slower than
+    the product over channels and taps, forward and forward+backward, 1-d to 3-d
+    (8x512x7² 3x3: 1.09x / 1.36x; batch 1, 512x7²: 2.1x / 2.5x; 8x1024x4²: 4.1x / 2.7x;
+    2x2048->512 at 7²: 5.3x / 2.8x; 8x256x2²: 33x / 19x; 3-d 2x256x4³: 2.4x against XLA's,
+    3.5x / 2.6x against ``"fold"``), with 0.1-1.4x XLA's temporaries. With fewer it lost:
+    8x64x8² 0.55x / 0.77x forward / forward+backward at 6.5-8.5x the memory,
+    64x128x4² 0.68x / 0.84x, 2x64->128 at 16² stride 2 (one channel per pixel) 0.73x
+    forward. bfloat16 ran mixed (batch 1, 512x7²: 0.89x forward; 1-d 4x256x64: 0.79x)."""
+    out = [
+        (n + lo + hi - d * (k - 1) - 1) // s + 1
+        for n, (lo, hi), k, s, d in zip(
+            x_shape[2:], cfg.pads, cfg.kernel_size, cfg.stride, cfg.dilation
+        )
+    ]
+    return str(jnp.dtype(dtype)) == "float32" and cfg.out_channels >= UNFOLD_WEIGHT * x_shape[
+        0
+    ] * math.prod(out)
+
+
+UNFOLD_WEIGHT = 1.25
 
 
 def _large_1d(windowed: tuple[int, ...], weight: tuple[int, int]) -> bool:
