@@ -74,6 +74,24 @@ GRID_F32 = (
         ],
     )
     + _family(
+        "lowres",  # low resolution, wide channels, small batch: "unfold" and its edges
+        [
+            (2, 1, 512, 512, 7, 3, dict(padding=1)),
+            (2, 1, 256, 512, 14, 3, dict(stride=2, padding=1)),
+            (2, 8, 1024, 1024, 4, 3, dict(padding=1)),
+            (2, 8, 256, 256, 2, 3, dict(padding=1)),
+            (2, 2, 2048, 512, 7, 3, dict(padding=1)),
+            (2, 16, 256, 256, 4, 3, dict(padding=1)),
+            (2, 64, 128, 128, 4, 3, dict(padding=1)),
+            (2, 2, 64, 128, 16, 3, dict(stride=2, padding=1)),
+            (1, 1, 512, 512, 256, 3, dict(padding=1)),
+            (1, 4, 256, 256, 64, 7, dict(padding=3)),
+            (3, 2, 256, 256, 4, 3, dict(padding=1)),
+            (3, 2, 128, 256, 8, 3, dict(stride=2, padding=1)),
+            (3, 16, 384, 384, 4, 3, dict(padding=1)),
+        ],
+    )
+    + _family(
         "pointwise",
         [
             (2, 1, 256, 256, 14, 1),

@@ -395,6 +395,11 @@ def test_blocked_weight_gradients_and_their_limits(name, batch, cout):
         (jconv.Conv1d(512, 512, 3, padding=1), (1, 512, 256), "float32", "unfold"),
         (jconv.Conv3d(256, 256, 3, padding=1), (2, 256, 4, 4, 4), "float32", "unfold"),
         (jconv.Conv3d(128, 128, 3, padding=1), (2, 128, 4, 4, 4), "float32", "fold"),
+        # XLA's own 3-d conv from 256 input channels on at stride 1 (fold: 0.64-0.99x)
+        (jconv.Conv3d(384, 384, 3, padding=1), (16, 384, 4, 4, 4), "float32", "xla"),
+        (jconv.Conv3d(256, 256, 3, padding=1), (4, 256, 8, 8, 8), "float32", "xla"),
+        (jconv.Conv3d(192, 192, 3, padding=1), (16, 192, 4, 4, 4), "float32", "fold"),
+        (jconv.Conv3d(256, 512, 3, stride=2, padding=1), (8, 256, 8, 8, 8), "float32", "fold"),
         # bfloat16 ran mixed; groups have their own lowerings; 1x1 is "matmul"
         (jconv.Conv2d(512, 512, 3, padding=1), (1, 512, 7, 7), "bfloat16", "xla"),
         (jconv.Conv2d(512, 512, 3, padding=1, groups=2), (1, 512, 7, 7), "float32", "pergroup"),

@@ -20,9 +20,10 @@ Lowerings:
 * ``"shift"``, ``"tapgrad"`` (:mod:`jconv.lowering.taps`): a convolution tap by
   tap, as multiply-adds (depthwise and narrow groups) or with a matrix product
   per tap for the weight gradient (dense).
-* ``"matmul"``, ``"fft"``, ``"pergroup"`` (:mod:`jconv.lowering.dense`): 1×1
-  kernels as a matrix product, large kernels through the FFT, groups as one
-  ungrouped convolution per group (forward or transposed).
+* ``"matmul"``, ``"unfold"``, ``"fft"``, ``"pergroup"`` (:mod:`jconv.lowering.dense`):
+  1×1 kernels as a matrix product, any kernel as one product over channels and
+  taps (im2col), large kernels through the FFT, groups as one ungrouped
+  convolution per group (forward or transposed).
 * ``"shift_fft"``: ``"shift"``'s multiply-adds where nothing differentiates the
   convolution (inference), ``"fft"``'s forms under differentiation (training).
 * ``"s2d"``, ``"fold"`` (:mod:`jconv.lowering.folded`): a strided convolution

@@ -1,8 +1,10 @@
-"""Forms built from matrix products and FFTs, for two kernel shapes XLA's CPU
+"""Forms built from matrix products and FFTs, for layer shapes XLA's CPU
 convolution handles slowly.
 
 * ``"matmul"``: a 1×1 kernel is a matrix product over channels, after the
   padding and a strided slice of the input.
+* ``"unfold"``: any kernel as one matrix product over channels and kernel taps
+  (im2col), where the weight outweighs the stacked windows.
 * ``"fft"``: a large kernel (e.g. depthwise 31×31) is a product in the frequency
   domain: ``y = irfft(rfft(x_pad) · rfft(flip(w)))``, cropped to the valid part
   and strided. Its cost barely grows with the kernel; its rounding is FFT

@@ -58,8 +58,9 @@ def plan(
     * dense float32, 1-d to 3-d, on one device, where the weight outweighs the
       unfolded input (``_unfolds``: low resolution, wide channels, small batch):
       ``"unfold"``;
-    * dense 3-d: ``"fold"`` (``"xla"`` when split in space, or for a kernel of
-      one tap in the plane, k×1×1);
+    * dense 3-d: ``"fold"`` (``"xla"`` when split in space, for a kernel of
+      one tap in the plane, k×1×1, or at stride 1 from ``FOLD_CHANNELS`` input
+      channels on);
     * dense 2-d float32 or bfloat16 with more than 16 channels in or out, 8 to 64 in the
       narrower, no dilation, a stride-1 dimension of 16 or more to widen, on
       one device, within ``WIDENED`` (3x3 or smaller, 1e8 flops or more, channel
@@ -114,7 +115,13 @@ def plan(
         # a depth-only kernel folds into a 1x1 plane conv, which ran 0.69-0.74x xla's
         # (R(2+1)D's 3x1x1 on 2x64x8x56², 2x32x16x32² -> 64; 5x1x1 on 2x64x8x28²)
         flat = math.prod(cfg.kernel_size[1:]) == 1
-        return "xla" if space_split or flat else "fold"
+        # XLA's own 3-d conv caught up with 256 input channels and more at stride 1:
+        # forward / forward+backward against it, fold 0.71x / 0.64x (16x384x4³),
+        # 1.01x / 0.92x (16x384x4x6²), 0.84x / 0.99x (4x384x8³), 1.09x / 0.86x
+        # (16x256x4³), 1.19x / 0.68x (8x256x4³), at 1.8-2.5x its temporaries; it won
+        # 1.21x / 1.35x at 4x256x8³, and 1.2-2.7x with 64 to 192 channels
+        wide = cfg.in_channels >= FOLD_CHANNELS and not strided
+        return "xla" if space_split or flat or wide else "fold"
     if cfg.ndim == 2 and not split and _widens(cfg, dtype, x_shape):
         return "widened"
     if cfg.ndim == 2 and not split and _stem(cfg, dtype) and x_shape[0] >= 8:
@@ -171,6 +178,7 @@ def _unfolds(cfg: Any, x_shape: tuple[int, ...], dtype: Any) -> bool:
 
 
 UNFOLD_WEIGHT = 1.25
+FOLD_CHANNELS = 256  # dense stride-1 3-d convs with this many input channels stay xla
 
 
 def _large_1d(windowed: tuple[int, ...], weight: tuple[int, int]) -> bool:
