@@ -55,13 +55,17 @@ from jconv.lowering.spec import ConvSpec
 
 __all__ = ["ALGORITHMS", "ConvSpec", "check_algorithm", "plan", "run", "splits"]
 
-SHIFT_FFT = custom.undifferentiated(taps.shift, dense.fft)
+SHIFT_FFT = custom.undifferentiated(
+    taps.shift, lambda x, w, spec, *b: add_bias(dense.fft(x, w, spec), *b)
+)
+# the lowerings that add the bias themselves (inside the output they materialize)
+BIASED = {"shift": taps.shift, "shift_fft": SHIFT_FFT}
 
 
 @functools.partial(jax.jit, static_argnames=("name", "spec"))
 def run(name: str, x, w, spec: ConvSpec, b=None):
     """Runs lowering ``name`` on batched ``x`` (N, C, *spatial) and weight ``w``, plus the
-    bias ``b`` (C_out,) when given (``"shift"`` adds it inside its own output).
+    bias ``b`` (C_out,) when given (``BIASED`` lowerings add it inside their own output).
 
     Jitted, so that eager calls compile one program per shape instead of one per
     operation; inside a caller's ``jit`` it is inlined.
@@ -86,7 +90,6 @@ def run(name: str, x, w, spec: ConvSpec, b=None):
             "widened": widened.lowering,
             "unfold": dense.unfold,
         }
-    if b is not None and name == "shift":
-        return taps.shift(x, w, spec, b)
-    y = lowerings[name](x, w, spec)
-    return y if b is None else add_bias(y, b)
+    if b is not None and name in BIASED:
+        return BIASED[name](x, w, spec, b)
+    return add_bias(lowerings[name](x, w, spec), b)

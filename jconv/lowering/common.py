@@ -164,8 +164,11 @@ def over_groups(form, x, w, spec: ConvSpec, b: int):
     return by_blocks(part, g // b, shape, out.dtype, 1, x, w)
 
 
-def add_bias(y, b):
-    """``y`` (N, C, *sp) plus the bias ``b`` (C,) per channel, in ``y``'s dtype."""
+def add_bias(y, b=None):
+    """``y`` (N, C, *sp) plus the bias ``b`` (C,) per channel, in ``y``'s dtype (``y``
+    itself without one)."""
+    if b is None:
+        return y
     return y + b.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 2))
 
 

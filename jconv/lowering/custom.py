@@ -105,18 +105,21 @@ def zeros(shape, dtype, *like: jax.Array) -> jax.Array:
 
 
 def undifferentiated(plain: Fn, trained: Fn) -> Fn:
-    """A lowering that runs ``plain(x, w, spec)`` where nothing differentiates it, and
-    ``trained`` (its forward and gradients) under ``jvp``, ``grad`` and their kin."""
+    """A lowering that runs ``plain(x, w, spec, *b)`` where nothing differentiates it,
+    and ``trained(x, w, spec, *b)`` (its forward and gradients) under ``jvp``, ``grad``
+    and their kin; ``b``: the bias, when the lowering adds it."""
 
-    def lowering(x, w, spec):
+    def lowering(x, w, spec, *b):
         @jax.custom_jvp
-        def conv(x, w):
-            return plain(x, w, spec)
+        def conv(*operands):
+            return plain(*operands[:2], spec, *operands[2:])
 
         conv.defjvp(
-            lambda primals, tangents: jax.jvp(lambda a, b: trained(a, b, spec), primals, tangents)
+            lambda primals, tangents: jax.jvp(
+                lambda a, c, *d: trained(a, c, spec, *d), primals, tangents
+            )
         )
-        return conv(x, w)
+        return conv(x, w, *b)
 
     return lowering
 

@@ -183,8 +183,7 @@ def shift(x, w, spec: ConvSpec, b=None):
     materialized (``custom.materialized``) with the bias added inside."""
 
     def form(x, w, *b):
-        y = _shift(x, w, spec)
-        return add_bias(y, *b) if b else y
+        return add_bias(_shift(x, w, spec), *b)
 
     operands = (x, w) if b is None else (x, w, b)
     return custom.materialized(form, *operands) if spec.widen else form(*operands)
