@@ -89,6 +89,7 @@ GRID_F32 = (
             (3, 2, 256, 256, 4, 3, dict(padding=1)),
             (3, 2, 128, 256, 8, 3, dict(stride=2, padding=1)),
             (3, 16, 384, 384, 4, 3, dict(padding=1)),
+            (3, 8, 128, 256, 8, 3, dict(stride=2, padding=1)),
         ],
     )
     + _family(
