@@ -12,20 +12,10 @@ from jax import lax
 from jax.test_util import check_grads
 
 import jconv
+from jconv.algorithms import FORWARD_ONLY
 from jconv.lowering import ALGORITHMS, plan
 
-FORWARD = (
-    "shift",
-    "tapgrad",
-    "matmul",
-    "fft",
-    "shift_fft",
-    "pergroup",
-    "s2d",
-    "fold",
-    "widened",
-    "unfold",
-)
+FORWARD = (*FORWARD_ONLY, "pergroup")  # every forward lowering but "xla"
 
 
 def _case_for(algorithm: str, seed: int):
