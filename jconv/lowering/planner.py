@@ -162,7 +162,7 @@ def _unfolds(cfg: Any, x_shape: tuple[int, ...], dtype: Any) -> bool:
     the product over channels and taps, forward and forward+backward, 1-d to 3-d
     (8x512x7² 3x3: 1.09x / 1.36x; batch 1, 512x7²: 2.1x / 2.5x; 8x1024x4²: 4.1x / 2.7x;
     2x2048->512 at 7²: 5.3x / 2.8x; 8x256x2²: 33x / 19x; 3-d 2x256x4³: 2.4x against XLA's,
-    3.5x / 2.6x against ``"fold"``), with 0.1-1.4x XLA's temporaries. With fewer it lost:
+    3.5x / 3.1x against ``"fold"``), with 0.1-1.4x XLA's temporaries. With fewer it lost:
     8x64x8² 0.55x / 0.77x forward / forward+backward at 6.5-8.5x the memory,
     64x128x4² 0.68x / 0.84x, 2x64->128 at 16² stride 2 (one channel per pixel) 0.73x
     forward. bfloat16 ran mixed (batch 1, 512x7²: 0.89x forward; 1-d 4x256x64: 0.79x)."""
@@ -172,9 +172,8 @@ def _unfolds(cfg: Any, x_shape: tuple[int, ...], dtype: Any) -> bool:
             x_shape[2:], cfg.pads, cfg.kernel_size, cfg.stride, cfg.dilation
         )
     ]
-    return str(jnp.dtype(dtype)) == "float32" and cfg.out_channels >= UNFOLD_WEIGHT * x_shape[
-        0
-    ] * math.prod(out)
+    pixels = x_shape[0] * math.prod(out)
+    return str(jnp.dtype(dtype)) == "float32" and cfg.out_channels >= UNFOLD_WEIGHT * pixels
 
 
 UNFOLD_WEIGHT = 1.25
