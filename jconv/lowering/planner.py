@@ -7,6 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from jconv import shapes
 from jconv.lowering.common import accumulator, light_weight, pads_once
 from jconv.lowering.widened import FEATURES
 
@@ -166,13 +167,7 @@ def _unfolds(cfg: Any, x_shape: tuple[int, ...], dtype: Any) -> bool:
     8x64x8² 0.55x / 0.77x forward / forward+backward at 6.5-8.5x the memory,
     64x128x4² 0.68x / 0.84x, 2x64->128 at 16² stride 2 (one channel per pixel) 0.73x
     forward. bfloat16 ran mixed (batch 1, 512x7²: 0.89x forward; 1-d 4x256x64: 0.79x)."""
-    out = [
-        (n + lo + hi - d * (k - 1) - 1) // s + 1
-        for n, (lo, hi), k, s, d in zip(
-            x_shape[2:], cfg.pads, cfg.kernel_size, cfg.stride, cfg.dilation
-        )
-    ]
-    pixels = x_shape[0] * math.prod(out)
+    pixels = x_shape[0] * math.prod(shapes.output_spatial(cfg, x_shape[2:]))
     return str(jnp.dtype(dtype)) == "float32" and cfg.out_channels >= UNFOLD_WEIGHT * pixels
 
 
