@@ -59,7 +59,7 @@ SHIFT_FFT = custom.undifferentiated(
     taps.shift, lambda x, w, spec, *b: add_bias(dense.fft(x, w, spec), *b)
 )
 # the lowerings that add the bias themselves (inside the output they materialize)
-BIASED = {"shift": taps.shift, "shift_fft": SHIFT_FFT}
+BIASED = frozenset({"shift", "shift_fft"})
 
 
 @functools.partial(jax.jit, static_argnames=("name", "spec"))
@@ -91,5 +91,5 @@ def run(name: str, x, w, spec: ConvSpec, b=None):
             "unfold": dense.unfold,
         }
     if b is not None and name in BIASED:
-        return BIASED[name](x, w, spec, b)
+        return lowerings[name](x, w, spec, b)
     return add_bias(lowerings[name](x, w, spec), b)
