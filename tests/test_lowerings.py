@@ -316,7 +316,7 @@ def test_bfloat16_forward_and_gradients_stay_close_on_every_lowering(groups):
         return [y, *jax.tree.leaves(vjp(jnp.ones_like(y)))]
 
     ref = [np.asarray(a, np.float32) for a in run("xla")]
-    for name in ("shift", "tapgrad", "fft", "shift_fft", "pergroup", "s2d", "widened", "unfold"):
+    for name in (n for n in FORWARD if n not in ("matmul", "fold")):  # 1x1 only, 3-d only
         got = run(name)
         assert got[0].dtype == jnp.bfloat16, name
         for a, b in zip(got, ref):
