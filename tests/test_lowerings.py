@@ -70,6 +70,8 @@ SMALL = [
     # blocked fold, ungrouped and strided: weight gradient by convolutions, input
     # gradient by sub-pixel; a 3-d sub-pixel one: weight gradient by matrix products
     ("fold", jconv.Conv3d(3, 4, 3, stride=(2, 2, 1), padding=1), (2, 3, 5, 6, 4)),
+    # strided fold whose output channels outnumber its pixels: input gradient by col2im
+    ("fold", jconv.Conv3d(2, 6, 3, stride=2, padding=(1, 0, 1), groups=2), (2, 2, 3, 5, 4)),
     (
         "subpixel",
         jconv.ConvTranspose3d(3, 2, 3, stride=2, padding=1, output_padding=1),
@@ -494,6 +496,10 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
         (jconv.Conv3d(32, 32, 3, padding=1), (4, 32, 16, 16, 16), "forward", "float32"),
         (jconv.Conv3d(32, 32, 3, padding=1), (4, 32, 16, 16, 16), "train", "float32"),
         (jconv.Conv3d(32, 64, 3, stride=2, padding=1), (2, 32, 32, 32, 32), "train", "float32"),
+        # strided, low resolution, the weight outweighing the activations: input gradient
+        # by col2im (the sub-pixel form's sub-kernels: 4.4x and 4.1x)
+        (jconv.Conv3d(128, 256, 3, stride=2, padding=1), (8, 128, 8, 8, 8), "train", "float32"),
+        (jconv.Conv3d(128, 128, 3, stride=2, padding=1), (8, 128, 8, 8, 8), "train", "float32"),
         # jax#31662's layer, smaller: sub-pixel through the blocked fold (was 6.6x)
         (
             jconv.ConvTranspose3d(64, 1, 3, stride=2, padding=1),
@@ -726,6 +732,47 @@ def test_fold_whole_and_block_by_block_rearrangements_equal_xla(
     gy = jax.random.normal(jax.random.key(2), y.shape)
     for a, b in zip((y, *vjp(gy)), (y_ref, *vjp_ref(gy))):
         chex.assert_trees_all_close(a, b, atol=2e-5 * float(jnp.abs(b).max()))
+
+
+@pytest.mark.parametrize(
+    "shape, out, kernel, stride, pads, dilation, groups",
+    [
+        ((2, 4, 9, 7), 6, (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),
+        ((2, 4, 9, 7), 6, (3, 2), (2, 3), ((2, 0), (0, 3)), (2, 1), 2),  # rows past the last
+        ((1, 3, 11), 5, (4,), (3,), ((5, 2),), (2,), 1),  # a window wholly in the padding
+        ((3, 2, 5, 6, 7), 4, (3, 3, 3), (2, 2, 2), ((1, 1),) * 3, (1, 1, 1), 1),
+        ((2, 2, 5, 6, 4), 4, (3, 2, 3), (1, 2, 3), ((3, 0), (0, 0), (2, 2)), (1, 2, 1), 2),
+    ],
+)
+@pytest.mark.parametrize("budget", [1 << 22, 1])  # P for the whole batch, or per image
+def test_col2im_input_gradient_equals_xlas(
+    monkeypatch, shape, out, kernel, stride, pads, dilation, groups, budget
+):
+    """``col2im`` (the strided ``"fold"``'s input gradient where the weight outweighs the
+    output) equals the transpose of XLA's conv: strided, dilated, grouped, padded past
+    the kernel's reach, with input rows past the last window, in 1-d to 3-d, and with its
+    product made one image at a time."""
+    from jconv.lowering import common
+    from jconv.lowering.spec import ConvSpec
+
+    monkeypatch.setattr(common, "BLOCK_BYTES", budget)
+    n = len(kernel)
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), (out, shape[1] // groups, *kernel))
+
+    def ref(x):
+        return lax.conv_general_dilated(
+            x, w, stride, pads, rhs_dilation=dilation, feature_group_count=groups,
+            precision="highest",
+        )  # fmt: skip
+
+    y, vjp = jax.vjp(ref, x)
+    gy = jax.random.normal(jax.random.key(2), y.shape)
+    spec = ConvSpec(False, stride, pads, dilation, groups, (0,) * n, "highest", None, True)
+    got = common.col2im(w, gy, common.with_input_past(shape, kernel, spec))
+    (want,) = vjp(gy)
+    assert got.shape == want.shape
+    chex.assert_trees_all_close(got, want, atol=2e-5 * float(jnp.abs(want).max()))
 
 
 def test_subpixel_weight_gradient_holds_one_weight_sized_buffer():

@@ -89,6 +89,58 @@ def windows(x, kernel, spec: ConvSpec, fuse_pads: bool = False):
         yield t, xt
 
 
+def col2im(w, dy, spec: ConvSpec):
+    """The input gradient of a forward conv with ``w`` (O, C/g, *k) at ``dy`` (N, O, *out)
+    (``spec.output_padding``: the input rows past the last window, as
+    :func:`with_input_past` gives them): one product over output channels,
+    ``P[g, n, q, c, t] = Σ_o dy[n, (g, o), q]·w[(g, o), c, t]``, reading the weight as it
+    lies, then every tap's plane of ``P`` put back where its window read the input
+    (zeros between, at the stride) and summed in one pass. ``P`` (∏out·C·∏k per image,
+    in the accumulator's dtype) is made for as many images at a time as fit in
+    ``BLOCK_BYTES`` or the weight's size; no copy of the weight is made."""
+    kernel, g = w.shape[2:], spec.groups
+    batch, cout, out = dy.shape[0], dy.shape[1], dy.shape[2:]
+    size = [
+        (o - 1) * s + d * (k - 1) + 1 + past - lo - hi
+        for o, s, d, k, past, (lo, hi) in zip(
+            out, spec.stride, spec.dilation, kernel, spec.output_padding, spec.pads
+        )
+    ]
+    acc = accumulator(dy.dtype)
+    starts = [
+        [d * ti - lo for d, ti, (lo, _) in zip(spec.dilation, t, spec.pads)]
+        for t in np.ndindex(*kernel)
+    ]
+
+    def part(dy):
+        p = lax.dot_general(
+            dy.reshape(dy.shape[0], g, cout // g, *out),
+            w.reshape(g, cout // g, *w.shape[1:]),
+            (((2,), (1,)), ((1,), (0,))),
+            precision=spec.precision,
+            preferred_element_type=acc,
+        )  # (g, N, *out, C/g, *k)
+        total = custom.zeros((dy.shape[0], g * w.shape[1], *size), acc, dy, w)
+        for t, first in zip(np.ndindex(*kernel), starts):
+            if any(axis_window(*a) is None for a in zip(size, first, spec.stride, out)):
+                continue  # a window wholly inside the padding
+            piece = jnp.moveaxis(p[(..., *t)], -1, 2).swapaxes(0, 1)  # (N, g, C/g, *out)
+            piece = piece.reshape(dy.shape[0], -1, *out)
+            place = [
+                (a, i - a - (o - 1) * s - 1, s - 1)
+                for i, a, s, o in zip(size, first, spec.stride, out)
+            ]
+            total = total + lax.pad(piece, jnp.zeros((), acc), [(0, 0, 0)] * 2 + place)
+        return total
+
+    image = math.prod(out) * g * w.shape[1] * math.prod(kernel) * jnp.dtype(acc).itemsize
+    rows = group_block(batch, image, max(BLOCK_BYTES, w.size * w.dtype.itemsize))
+    if rows >= batch:
+        return part(dy)
+    shape = (batch, g * w.shape[1], *size)
+    return by_blocks(lambda i: part(block(dy, i, rows, 0)), batch // rows, shape, acc, 0, dy, w)
+
+
 BLOCK_BYTES = 4 << 20  # one block of the input: about what stays in cache
 
 # The most a zero-padded copy of an input may outgrow it (its spatial size, padded,

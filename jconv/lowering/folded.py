@@ -31,6 +31,7 @@ from jax import lax
 from jconv.lowering import custom, phases, widened, xla
 from jconv.lowering.common import (
     BLOCK_BYTES,
+    col2im,
     flip_swap,
     out_spatial,
     transposed_spec,
@@ -108,7 +109,7 @@ class _Blocks:
     would hold its own, and the weight gradient rearrange block by block.
     """
 
-    def __init__(self, x_shape, itemsize: int, kernel, spec: ConvSpec, copies: int = 1):
+    def __init__(self, x_shape, itemsize: int, kernel, spec: ConvSpec, copies=1, floor=0):
         self.depth = out_spatial(x_shape[2:], kernel, spec)[0]
         self.kd, self.d0, self.s0 = kernel[0], spec.dilation[0], spec.stride[0]
         self.lo, self.hi = spec.pads[0]
@@ -119,8 +120,8 @@ class _Blocks:
         # counted in float32 (XLA's CPU backend converts narrower convolutions to it)
         wide = max(itemsize, 4)
         plane = max(1, math.prod(x_shape[:2]) * self.kd * math.prod(x_shape[3:]) * wide)
-        # at most the input, over the copies of its block a form makes
-        budget = min(BLOCK_BYTES, math.prod(x_shape) * itemsize) // copies
+        # at most the input (or ``floor`` bytes), over the copies of its block a form makes
+        budget = min(BLOCK_BYTES, max(floor, math.prod(x_shape) * itemsize)) // copies
         size = max(1, min(self.depth, budget // plane))
         self.count = -(-self.depth // size)
         self.size = -(-self.depth // self.count)  # the last block may overlap the one before
@@ -186,7 +187,8 @@ def _fold_loop(x, w, spec: ConvSpec, whole: bool):
     XLA's forward temporaries (Conv3d(32, 32, 3) on 4x32x16³)."""
     blocks = _Blocks(x.shape, x.dtype.itemsize, w.shape[2:], spec, copies=2 if whole else 1)
     batch, cout, groups = x.shape[0], w.shape[0], spec.groups
-    w2 = _plane_weight(w).transpose(2, 3, 1, 0)  # (kh, kw, kd·C/g, O)
+    kh, kw = w.shape[3:]
+    w2 = w.transpose(3, 4, 2, 1, 0).reshape(kh, kw, -1, cout)  # (kh, kw, kd·C/g, O)
     depth, *plane = out_spatial(x.shape[2:], w.shape[2:], spec)
     dtype = _result_type(x, spec)
     if batch == 0:
@@ -217,13 +219,28 @@ def _result_type(x, spec: ConvSpec):
     return jnp.dtype(spec.preferred_element_type or x.dtype)
 
 
+# A strided input gradient runs ``col2im`` where the batch's output pixels (times the
+# groups) are at most this many times the output channels. There the sub-pixel form's
+# phase sub-kernels (2.4x the weight for 3x3x3 at stride 2, held twice) outweighed the
+# activations: training temporaries of Conv3d(C, O, 3, stride 2) against XLA's, sub-pixel
+# -> col2im, one process: 8x128->256 at 8³ 4.4x -> 2.1x, 16x256->512 at 8³ 4.4x -> 2.0x,
+# 1x256->512 at 8³ 5.6x -> 2.0x, 8x128->128 at 8³ 4.1x -> 2.2x (then 1.27x with ``P`` made
+# in batch blocks), 2x64->128 at 16³ 2.15x -> 1.31x (at 8 pixels per channel), and
+# forward+backward 1.0-2.9x as fast; at 16 pixels per channel 2.05x -> 2.59x, at 32 0.86x
+# as fast.
+COL2IM_WEIGHT = 8
+
+
 def _dx(w, dy, spec: ConvSpec, whole: bool):
     """Input gradient: at stride 1 the same blocked conv of ``dy`` with the flipped
     kernel; strided, the sub-pixel transposed conv (whose stride-1 conv is this one, in
-    its phases rearranged block by block)."""
+    its phases rearranged block by block), or where the weight outweighs the output
+    (``COL2IM_WEIGHT``) one product and the windows' transposes (``col2im``)."""
     kernel = w.shape[2:]
     if all(s == 1 for s in spec.stride):
         return _fold_loop(dy, flip_swap(w, spec.groups), transposed_spec(spec, kernel), whole)
+    if dy.shape[0] * math.prod(dy.shape[2:]) * spec.groups <= COL2IM_WEIGHT * dy.shape[1]:
+        return col2im(w, dy, spec)
     # output_padding holds the input rows past the last window (``with_input_past``)
     return phases.conv_transpose(dy, w, spec._replace(transposed=True), fold_phase)
 
@@ -242,7 +259,9 @@ def _dw(x, dy, spec: ConvSpec, kernel):
     # 7 ms). There each kernel tap's window is a matrix product instead (8.2 against
     # 3.2 MB of temporaries on 4x32x16³ -> 32, 1.1x slower).
     swaps = any(o > i for o, i in zip(dy.shape[3:], x.shape[3:]))
-    blocks = _Blocks(x.shape, x.dtype.itemsize, kernel, spec, copies=2 if swaps else 1)
+    # blocks as large as the float32 weight gradient, which a loop's sum would hold again
+    grad = 4 * dy.shape[1] * x.shape[1] * math.prod(kernel)
+    blocks = _Blocks(x.shape, x.dtype.itemsize, kernel, spec, 2 if swaps else 1, grad)
     batch, cout, folded = x.shape[0], dy.shape[1], x.shape[1] * blocks.kd
     plane, (_, h_out, w_out) = blocks.plane, dy.shape[2:]
     taps = kernel[1] * kernel[2]
