@@ -87,6 +87,18 @@ SMALL = [
     # kernels equal to the stride: the sub-pixel forward as products over channels
     ("subpixel", jconv.ConvTranspose2d(3, 2, 2, stride=2), (2, 3, 3, 4)),
     ("subpixel", jconv.ConvTranspose1d(4, 3, 3, stride=3, padding=1), (3, 4, 2)),
+    # kernels shorter than the stride: phases without taps left out of the conv
+    (
+        "subpixel",
+        jconv.ConvTranspose2d(4, 6, (1, 3), stride=(3, 2), padding=(0, 1), output_padding=1),
+        (1, 4, 3, 4),
+    ),
+    (
+        "subpixel",
+        jconv.ConvTranspose3d(2, 3, (1, 2, 3), stride=2, padding=(0, 0, 1), output_padding=1),
+        (1, 2, 2, 3, 3),
+    ),
+    ("subpixel", jconv.ConvTranspose1d(2, 3, 2, stride=5, dilation=2, padding=1), (2, 2, 4)),
     # strided depthwise with many taps: the weight gradient over stride phases
     ("shift", jconv.Conv2d(2, 4, 7, stride=2, padding=(3, 1), groups=2), (1, 2, 9, 8)),
     ("shift", jconv.Conv1d(2, 2, 17, stride=2, padding=((3, 8),), groups=2), (2, 2, 23)),
@@ -521,6 +533,9 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
             "forward",
             "bfloat16",
         ),
+        # a kernel shorter than its stride: no sub-kernels for the phases without taps
+        # (all 16 phases' sub-kernels: 7.8x)
+        (jconv.ConvTranspose2d(512, 512, 1, stride=4), (1, 512, 4, 4), "train", "bfloat16"),
         # strided grouped shift: sub-pixel input gradient (autodiff's: 7.4x)
         (
             jconv.Conv2d(128, 128, 3, stride=2, padding=1, groups=32),

@@ -43,6 +43,9 @@ class _Axis:
             for t in range(k):
                 j, r = divmod(d * t, s)
                 self.where[r].append((t, self.taps - 1 - j))
+        # phases from ``live`` on hold no tap (a kernel shorter than its stride): the
+        # convolution leaves them out, the interleave puts their zeros back
+        self.live = 1 + max(r for r, items in enumerate(self.where) if items)
         span = self.dilation * (self.taps - 1)
         first = lo // s  # first phase block the crop keeps
         self.blocks = (lo + out - 1) // s - first + 1
@@ -104,13 +107,16 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec, conv) -> jnp.
         )
     ]
     phases, taps = [a.phases for a in axes], [a.taps for a in axes]
+    live = [a.live for a in axes]
 
-    # Sub-kernels (exact: no multiply by one-hot masks), laid out as the
-    # weight of a grouped forward conv whose output channels are (group, c, phase).
+    # Sub-kernels (exact: no multiply by one-hot masks) of the phases that hold taps,
+    # laid out as the weight of a grouped forward conv whose output channels are
+    # (group, c, phase).
     sub = _sub_kernels(w, axes, spec.dilation)  # (C_in, C_out/g, *phases, *taps)
-    sub = sub.reshape(groups, cin // groups, per_group, *phases, *taps)
+    sub = sub[(slice(None), slice(None), *(slice(0, a) for a in live))]
+    sub = sub.reshape(groups, cin // groups, per_group, *live, *taps)
     order = (0, 2, *range(3, 3 + n), 1, *range(3 + n, 3 + 2 * n))
-    sub = sub.transpose(order).reshape(cout * math.prod(phases), cin // groups, *taps)
+    sub = sub.transpose(order).reshape(cout * math.prod(live), cin // groups, *taps)
 
     # The input window: crop where the kept blocks need less than the full input,
     # zero-pad (in ``conv``) where they need more.
@@ -126,11 +132,13 @@ def conv_transpose(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec, conv) -> jnp.
         preferred_element_type=spec.preferred_element_type,
         widen=spec.widen,
     )
-    z = conv(x, sub, forward)  # (N, C_out·∏phases, *blocks)
+    z = conv(x, sub, forward)  # (N, C_out·∏live, *blocks)
 
     # Depth-to-space: (N, C_out, *phases, *blocks) -> (N, C_out, b0, p0, b1, p1, ...).
     blocks = [a.blocks for a in axes]
-    z = z.reshape(batch, cout, *phases, *blocks)
+    z = z.reshape(batch, cout, *live, *blocks)
+    if live != phases:
+        z = jnp.pad(z, ((0, 0), (0, 0), *((0, p - a) for p, a in zip(phases, live)), *[(0, 0)] * n))
     z = z.transpose(0, 1, *(v for i in range(n) for v in (2 + n + i, 2 + i)))
     z = z.reshape(batch, cout, *(b * p for b, p in zip(blocks, phases)))
     return z[(..., *(a.crop for a in axes))]
