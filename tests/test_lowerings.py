@@ -1,6 +1,7 @@
 """Every forward lowering equals "xla", forward and gradients; the planner's contract."""
 
 import dataclasses
+import math
 
 import chex
 import jax
@@ -759,18 +760,17 @@ def test_fold_whole_and_block_by_block_rearrangements_equal_xla(
         ((2, 2, 5, 6, 4), 4, (3, 2, 3), (1, 2, 3), ((3, 0), (0, 0), (2, 2)), (1, 2, 1), 2),
     ],
 )
-@pytest.mark.parametrize("budget", [1 << 22, 1])  # P for the whole batch, or per image
+@pytest.mark.parametrize("blocks", ["whole", "images", "planes"])
 def test_col2im_input_gradient_equals_xlas(
-    monkeypatch, shape, out, kernel, stride, pads, dilation, groups, budget
+    shape, out, kernel, stride, pads, dilation, groups, blocks
 ):
     """``col2im`` (the strided ``"fold"``'s input gradient where the weight outweighs the
     output) equals the transpose of XLA's conv: strided, dilated, grouped, padded past
-    the kernel's reach, with input rows past the last window, in 1-d to 3-d, and with its
-    product made one image at a time."""
+    the kernel's reach, with input rows past the last window, in 1-d to 3-d, with its
+    product made for the whole batch, an image at a time, or a plane at a time."""
     from jconv.lowering import common
     from jconv.lowering.spec import ConvSpec
 
-    monkeypatch.setattr(common, "BLOCK_BYTES", budget)
     n = len(kernel)
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), (out, shape[1] // groups, *kernel))
@@ -784,7 +784,10 @@ def test_col2im_input_gradient_equals_xlas(
     y, vjp = jax.vjp(ref, x)
     gy = jax.random.normal(jax.random.key(2), y.shape)
     spec = ConvSpec(False, stride, pads, dilation, groups, (0,) * n, "highest", None, True)
-    got = common.col2im(w, gy, common.with_input_past(shape, kernel, spec))
+    # one image's product: ∏out·C·∏k floats
+    image = 4 * shape[1] * math.prod(kernel) * math.prod(y.shape[2:])
+    budget = {"whole": shape[0] * image, "images": image, "planes": 1}[blocks]
+    got = common.col2im(w, gy, common.with_input_past(shape, kernel, spec), budget)
     (want,) = vjp(gy)
     assert got.shape == want.shape
     chex.assert_trees_all_close(got, want, atol=2e-5 * float(jnp.abs(want).max()))

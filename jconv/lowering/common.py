@@ -89,56 +89,85 @@ def windows(x, kernel, spec: ConvSpec, fuse_pads: bool = False):
         yield t, xt
 
 
-def col2im(w, dy, spec: ConvSpec):
+def col2im(w, dy, spec: ConvSpec, budget: int | None = None):
     """The input gradient of a forward conv with ``w`` (O, C/g, *k) at ``dy`` (N, O, *out)
     (``spec.output_padding``: the input rows past the last window, as
     :func:`with_input_past` gives them): one product over output channels,
     ``P[g, n, q, c, t] = Σ_o dy[n, (g, o), q]·w[(g, o), c, t]``, reading the weight as it
     lies, then every tap's plane of ``P`` put back where its window read the input
     (zeros between, at the stride) and summed in one pass. ``P`` (∏out·C·∏k per image,
-    in the accumulator's dtype) is made for as many images at a time as fit in
-    ``BLOCK_BYTES`` or the weight's size; no copy of the weight is made."""
-    kernel, g = w.shape[2:], spec.groups
-    batch, cout, out = dy.shape[0], dy.shape[1], dy.shape[2:]
-    size = [
+    in the accumulator's dtype) is made a block at a time of at most ``budget`` bytes
+    (by default the input's or the weight's size, at most ``BLOCK_BYTES``): of images,
+    or where one image's outgrows that, of output planes along the first spatial
+    dimension, each added into the planes its windows read. No copy of the weight."""
+    batch, out, kernel = dy.shape[0], dy.shape[2:], w.shape[2:]
+    acc, size, cin = accumulator(dy.dtype), _input_size(out, kernel, spec), spec.groups * w.shape[1]
+    plane = math.prod(out[1:]) * cin * math.prod(kernel) * jnp.dtype(acc).itemsize
+    if budget is None:
+        dx = batch * math.prod(size) * cin * dy.dtype.itemsize
+        budget = min(BLOCK_BYTES, max(w.size * w.dtype.itemsize, dx))
+    if batch == 0 or batch * out[0] * plane <= budget:
+        return _col2im(w, dy, spec, acc)
+    if out[0] * plane <= budget:  # blocks of images
+        rows = group_block(batch, out[0] * plane, budget)
+        part = lambda i: _col2im(w, block(dy, i, rows, 0), spec, acc)  # noqa: E731
+        return by_blocks(part, batch // rows, (batch, cin, *size), acc, 0, dy, w)
+    # blocks of output planes: block i reads input planes s·b·i - lo on, ``span`` of them
+    rows = max(1, budget // (batch * plane))
+    count, (s, d, (lo, _)) = -(-out[0] // rows), (spec.stride[0], spec.dilation[0], spec.pads[0])
+    span = (rows - 1) * s + d * (kernel[0] - 1) + 1
+    dy = pad_trailing(dy, [(0, count * rows - out[0])] + [(0, 0)] * (len(out) - 1))
+    local = spec._replace(
+        pads=((0, 0), *spec.pads[1:]), output_padding=(0, *spec.output_padding[1:])
+    )
+    reach = (count * rows - 1) * s + d * (kernel[0] - 1) + 1
+    total = custom.zeros((batch, cin, max(reach, lo + size[0]), *size[1:]), acc, dy, w)
+
+    def body(i, total):
+        part = _col2im(w, block(dy, i, rows, 2), local, acc)  # (N, C, span, ...)
+        at = i * rows * s
+        here = lax.dynamic_slice_in_dim(total, at, span, 2)
+        return lax.dynamic_update_slice_in_dim(total, here + part, at, 2)
+
+    total = lax.fori_loop(0, count, body, total)
+    return lax.slice_in_dim(total, lo, lo + size[0], axis=2)
+
+
+def _input_size(out, kernel, spec: ConvSpec) -> list[int]:
+    """The input size whose forward output is ``out`` (rows past the last window from
+    ``spec.output_padding``)."""
+    return [
         (o - 1) * s + d * (k - 1) + 1 + past - lo - hi
         for o, s, d, k, past, (lo, hi) in zip(
             out, spec.stride, spec.dilation, kernel, spec.output_padding, spec.pads
         )
     ]
-    acc = accumulator(dy.dtype)
-    starts = [
-        [d * ti - lo for d, ti, (lo, _) in zip(spec.dilation, t, spec.pads)]
-        for t in np.ndindex(*kernel)
-    ]
 
-    def part(dy):
-        p = lax.dot_general(
-            dy.reshape(dy.shape[0], g, cout // g, *out),
-            w.reshape(g, cout // g, *w.shape[1:]),
-            (((2,), (1,)), ((1,), (0,))),
-            precision=spec.precision,
-            preferred_element_type=acc,
-        )  # (g, N, *out, C/g, *k)
-        total = custom.zeros((dy.shape[0], g * w.shape[1], *size), acc, dy, w)
-        for t, first in zip(np.ndindex(*kernel), starts):
-            if any(axis_window(*a) is None for a in zip(size, first, spec.stride, out)):
-                continue  # a window wholly inside the padding
-            piece = jnp.moveaxis(p[(..., *t)], -1, 2).swapaxes(0, 1)  # (N, g, C/g, *out)
-            piece = piece.reshape(dy.shape[0], -1, *out)
-            place = [
-                (a, i - a - (o - 1) * s - 1, s - 1)
-                for i, a, s, o in zip(size, first, spec.stride, out)
-            ]
-            total = total + lax.pad(piece, jnp.zeros((), acc), [(0, 0, 0)] * 2 + place)
-        return total
 
-    image = math.prod(out) * g * w.shape[1] * math.prod(kernel) * jnp.dtype(acc).itemsize
-    rows = group_block(batch, image, max(BLOCK_BYTES, w.size * w.dtype.itemsize))
-    if rows >= batch:
-        return part(dy)
-    shape = (batch, g * w.shape[1], *size)
-    return by_blocks(lambda i: part(block(dy, i, rows, 0)), batch // rows, shape, acc, 0, dy, w)
+def _col2im(w, dy, spec: ConvSpec, acc):
+    """:func:`col2im` in one product."""
+    kernel, g = w.shape[2:], spec.groups
+    batch, cout, out = dy.shape[0], dy.shape[1], dy.shape[2:]
+    size = _input_size(out, kernel, spec)
+    p = lax.dot_general(
+        dy.reshape(batch, g, cout // g, *out),
+        w.reshape(g, cout // g, *w.shape[1:]),
+        (((2,), (1,)), ((1,), (0,))),
+        precision=spec.precision,
+        preferred_element_type=acc,
+    )  # (g, N, *out, C/g, *k)
+    total = custom.zeros((batch, g * w.shape[1], *size), acc, dy, w)
+    for t in np.ndindex(*kernel):
+        first = [d * ti - lo for d, ti, (lo, _) in zip(spec.dilation, t, spec.pads)]
+        if any(axis_window(*a) is None for a in zip(size, first, spec.stride, out)):
+            continue  # a window wholly inside the padding
+        piece = jnp.moveaxis(p[(..., *t)], -1, 2).swapaxes(0, 1)  # (N, g, C/g, *out)
+        piece = piece.reshape(batch, -1, *out)
+        place = [
+            (a, i - a - (o - 1) * s - 1, s - 1) for i, a, s, o in zip(size, first, spec.stride, out)
+        ]
+        total = total + lax.pad(piece, jnp.zeros((), acc), [(0, 0, 0)] * 2 + place)
+    return total
 
 
 BLOCK_BYTES = 4 << 20  # one block of the input: about what stays in cache

@@ -220,15 +220,16 @@ def _result_type(x, spec: ConvSpec):
 
 
 # A strided input gradient runs ``col2im`` where the batch's output pixels (times the
-# groups) are at most this many times the output channels. There the sub-pixel form's
-# phase sub-kernels (2.4x the weight for 3x3x3 at stride 2, held twice) outweighed the
-# activations: training temporaries of Conv3d(C, O, 3, stride 2) against XLA's, sub-pixel
-# -> col2im, one process: 8x128->256 at 8³ 4.4x -> 2.1x, 16x256->512 at 8³ 4.4x -> 2.0x,
-# 1x256->512 at 8³ 5.6x -> 2.0x, 8x128->128 at 8³ 4.1x -> 2.2x (then 1.27x with ``P`` made
-# in batch blocks), 2x64->128 at 16³ 2.15x -> 1.31x (at 8 pixels per channel), and
-# forward+backward 1.0-2.9x as fast; at 16 pixels per channel 2.05x -> 2.59x, at 32 0.86x
-# as fast.
-COL2IM_WEIGHT = 8
+# groups) are at most this many times the output channels. There the sub-pixel form
+# (its phase sub-kernels 2.4x the weight for 3x3x3 at stride 2, held twice, and its
+# phases' outputs) held more than twice XLA's temporaries. Conv3d(C, O, 3, stride 2)
+# training against XLA's, sub-pixel -> col2im (blocked as ``col2im`` says), one process:
+# at 0.12-2 pixels per channel (1x256->512, 2x128->256, 8x128->256, 16x256->512 at 8³)
+# memory 2.5-3.8x -> 1.1-1.7x, forward+backward 1.6-1.8x as fast; at 8 (2x64->128 and
+# 1x64->64 at 16³) 2.2x -> 1.7x at 0.8-0.9x the speed; at 16 (2x64->64, 2x32->64 at 16³)
+# 2.5x / 2.05x -> 1.9x / 1.55x at 0.84x / 0.67x the speed (still 9-13x XLA's); at 32
+# the sub-pixel form held 1.9x, at 256 1.7x.
+COL2IM_WEIGHT = 16
 
 
 def _dx(w, dy, spec: ConvSpec, whole: bool):
