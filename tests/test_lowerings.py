@@ -100,6 +100,18 @@ SMALL = [
         (1, 2, 2, 3, 3),
     ),
     ("subpixel", jconv.ConvTranspose1d(2, 3, 2, stride=5, dilation=2, padding=1), (2, 2, 4)),
+    # transposed, the weight outweighing the input: col2im forward, stacked-window gradient
+    (
+        "subpixel",
+        jconv.ConvTranspose2d(16, 4, 3, stride=2, padding=1, output_padding=1, groups=2),
+        (1, 16, 2, 2),
+    ),
+    ("subpixel", jconv.ConvTranspose1d(8, 3, 4, stride=3, padding=1, dilation=2), (1, 8, 3)),
+    (
+        "subpixel",
+        jconv.ConvTranspose3d(16, 2, (2, 3, 1), stride=(2, 1, 3), padding=(0, 1, 0)),
+        (1, 16, 2, 2, 1),
+    ),
     # strided depthwise with many taps: the weight gradient over stride phases
     ("shift", jconv.Conv2d(2, 4, 7, stride=2, padding=(3, 1), groups=2), (1, 2, 9, 8)),
     ("shift", jconv.Conv1d(2, 2, 17, stride=2, padding=((3, 8),), groups=2), (2, 2, 23)),
@@ -338,6 +350,34 @@ def test_bfloat16_forward_and_gradients_stay_close_on_every_lowering(groups):
             assert np.max(np.abs(np.asarray(a, np.float32) - b)) <= 0.05 * np.max(np.abs(b)), name
 
 
+@pytest.mark.parametrize(
+    "cfg, shape",
+    [
+        # fold's strided input gradient by col2im
+        (jconv.Conv3d(4, 16, 3, stride=2, padding=1), (1, 4, 4, 4, 4)),
+        # the transposed forward by col2im, its weight gradient from stacked windows
+        (jconv.ConvTranspose2d(16, 4, 3, stride=2, padding=1, output_padding=1), (1, 16, 2, 2)),
+    ],
+)
+def test_col2im_forms_keep_bfloat16(cfg, shape):
+    """col2im sums in float32; its forms still give bfloat16 outputs and gradients,
+    within bfloat16 rounding of the "xla" lowering's."""
+    x = jax.random.normal(jax.random.key(1), shape, jnp.bfloat16)
+
+    def run(name):
+        c = dataclasses.replace(cfg, algorithm=name, dtype=jnp.bfloat16)
+        p = jconv.init(jax.random.key(0), c)
+        y, vjp = jax.vjp(lambda p, x: jconv.apply(p, x), p, x)
+        return [y, *jax.tree.leaves(vjp(jnp.ones_like(y)))]
+
+    got, ref = run("auto"), run("xla")
+    assert plan(cfg, shape, jnp.bfloat16, "cpu") != "xla"
+    for a, b in zip(got, ref):
+        assert a.dtype == jnp.bfloat16
+        b = np.asarray(b, np.float32)
+        assert np.max(np.abs(np.asarray(a, np.float32) - b)) <= 0.05 * np.max(np.abs(b))
+
+
 _CUSTOM = ("shift", "tapgrad", "subpixel", "widened", "matmul", "unfold")  # one case of each
 
 
@@ -533,6 +573,13 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
             (1, 64, 32, 32, 32),
             "forward",
             "bfloat16",
+        ),
+        # transposed, the weight outweighing the input: col2im (sub-pixel form: 3.1x)
+        (
+            jconv.ConvTranspose2d(256, 128, 3, stride=2, padding=1, output_padding=1),
+            (2, 256, 4, 4),
+            "train",
+            "float32",
         ),
         # a kernel shorter than its stride: no sub-kernels for the phases without taps
         # (all 16 phases' sub-kernels: 7.8x)

@@ -110,8 +110,11 @@ def col2im(w, dy, spec: ConvSpec, budget: int | None = None):
         return _col2im(w, dy, spec, acc)
     if out[0] * plane <= budget:  # blocks of images
         rows = group_block(batch, out[0] * plane, budget)
-        part = lambda i: _col2im(w, block(dy, i, rows, 0), spec, acc)  # noqa: E731
-        return by_blocks(part, batch // rows, (batch, cin, *size), acc, 0, dy, w)
+
+        def images(i):
+            return _col2im(w, block(dy, i, rows, 0), spec, acc)
+
+        return by_blocks(images, batch // rows, (batch, cin, *size), acc, 0, dy, w)
     # blocks of output planes: block i reads input planes s·b·i - lo on, ``span`` of them
     rows = max(1, budget // (batch * plane))
     count, (s, d, (lo, _)) = -(-out[0] // rows), (spec.stride[0], spec.dilation[0], spec.pads[0])
