@@ -173,6 +173,7 @@ EMPTY_BATCH = [
     jconv.Conv2d(8, 8, 3, groups=2, algorithm="pergroup"),
     jconv.Conv2d(3, 8, 4, stride=2, algorithm="s2d"),
     jconv.Conv3d(4, 4, 3, padding=1, algorithm="fold"),
+    jconv.Conv3d(4, 16, 3, stride=2, padding=1, algorithm="fold"),  # col2im input gradient
     jconv.Conv2d(32, 32, 3, padding=1, algorithm="widened"),
     jconv.ConvTranspose2d(4, 4, 4, stride=2, padding=1, algorithm="subpixel"),
     jconv.ConvTranspose2d(8, 8, 3, stride=2, groups=2, algorithm="pergroup"),

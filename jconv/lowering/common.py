@@ -165,7 +165,7 @@ def _col2im(w, dy, spec: ConvSpec, acc):
         if any(axis_window(*a) is None for a in zip(size, first, spec.stride, out)):
             continue  # a window wholly inside the padding
         piece = jnp.moveaxis(p[(..., *t)], -1, 2).swapaxes(0, 1)  # (N, g, C/g, *out)
-        piece = piece.reshape(batch, -1, *out)
+        piece = piece.reshape(batch, g * w.shape[1], *out)
         place = [
             (a, i - a - (o - 1) * s - 1, s - 1) for i, a, s, o in zip(size, first, spec.stride, out)
         ]

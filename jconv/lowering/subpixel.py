@@ -120,8 +120,9 @@ def _windows_dw(x, dy, spec: ConvSpec, kernel):
     cols = jnp.stack(
         [t for _, t in windows(dy, kernel, _forward_spec(spec))], axis=2
     )  # (N, O, ∏k, *in)
-    cols = cols.reshape(batch, g, cout // g, math.prod(kernel), -1)
-    xg = x.reshape(batch, g, cin // g, -1)
+    pixels = math.prod(x.shape[2:])
+    cols = cols.reshape(batch, g, cout // g, math.prod(kernel), pixels)
+    xg = x.reshape(batch, g, cin // g, pixels)
     dw = lax.dot_general(
         xg,
         cols,
