@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jconv import shapes
 from jconv.lowering import custom
 from jconv.lowering.spec import ConvSpec
 from jconv.lowering.xla import pad_trailing
@@ -136,15 +137,12 @@ def col2im(w, dy, spec: ConvSpec, budget: int | None = None):
     return lax.slice_in_dim(total, lo, lo + size[0], axis=2)
 
 
-def _input_size(out, kernel, spec: ConvSpec) -> list[int]:
-    """The input size whose forward output is ``out`` (rows past the last window from
-    ``spec.output_padding``)."""
-    return [
-        (o - 1) * s + d * (k - 1) + 1 + past - lo - hi
-        for o, s, d, k, past, (lo, hi) in zip(
-            out, spec.stride, spec.dilation, kernel, spec.output_padding, spec.pads
-        )
-    ]
+def _input_size(out, kernel, spec: ConvSpec) -> tuple[int, ...]:
+    """The input size whose forward output is ``out``: the transposed conv's output size,
+    ``spec.output_padding`` holding the rows past the last window."""
+    return shapes.transposed_spatial(
+        out, kernel, spec.stride, spec.pads, spec.dilation, spec.output_padding
+    )
 
 
 def _col2im(w, dy, spec: ConvSpec, acc):
