@@ -549,6 +549,9 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
         (jconv.Conv3d(32, 32, 3, padding=1), (4, 32, 16, 16, 16), "forward", "float32"),
         (jconv.Conv3d(32, 32, 3, padding=1), (4, 32, 16, 16, 16), "train", "float32"),
         (jconv.Conv3d(32, 64, 3, stride=2, padding=1), (2, 32, 32, 32, 32), "train", "float32"),
+        # strided, many pixels per channel: the sub-pixel input gradient a block of
+        # images at a time (its phases' output in one piece: 2.1x)
+        (jconv.Conv3d(16, 16, 3, stride=2, padding=1), (16, 16, 16, 16, 16), "train", "float32"),
         # strided, low resolution, the weight outweighing the activations: input gradient
         # by col2im (the sub-pixel form's sub-kernels: 4.4x and 4.1x)
         (jconv.Conv3d(128, 256, 3, stride=2, padding=1), (8, 128, 8, 8, 8), "train", "float32"),
@@ -795,6 +798,42 @@ def test_fold_whole_and_block_by_block_rearrangements_equal_xla(
     gy = jax.random.normal(jax.random.key(2), y.shape)
     for a, b in zip((y, *vjp(gy)), (y_ref, *vjp_ref(gy))):
         chex.assert_trees_all_close(a, b, atol=2e-5 * float(jnp.abs(b).max()))
+
+
+@pytest.mark.parametrize("batch", [4, 3])
+def test_fold_strided_input_gradient_in_blocks_of_images_equals_xlas(monkeypatch, batch):
+    """The strided ``"fold"``'s sub-pixel input gradient, made a block of images at a
+    time where its phases' output outgrows the block budget (2 images per block, and 1
+    where the batch is odd), equals the transpose of XLA's 3-d conv."""
+    from jconv.lowering import folded
+    from jconv.lowering.spec import ConvSpec
+
+    monkeypatch.setattr(folded, "BLOCK_BYTES", 40_000)  # per image: 2·4·9·8·8 floats
+    spec = ConvSpec(False, (2, 2, 2), ((1, 1),) * 3, (1, 1, 1), 1, (0, 0, 0), None, None, True)
+    x = jax.random.normal(jax.random.key(0), (batch, 4, 9, 8, 8))
+    w = jax.random.normal(jax.random.key(1), (6, 4, 3, 3, 3))
+    y, vjp = jax.vjp(jax.jit(lambda x: folded.fold(x, w, spec)), x)
+    # more output pixels per channel than col2im takes: the sub-pixel form
+    assert batch * math.prod(y.shape[2:]) > folded.COL2IM_WEIGHT * y.shape[1]
+
+    def ref(x):
+        return lax.conv_general_dilated(
+            x, w, (2, 2, 2), ((1, 1),) * 3, dimension_numbers=("NCDHW", "OIDHW", "NCDHW")
+        )
+
+    y_ref, vjp_ref = jax.vjp(ref, x)
+    gy = jax.random.normal(jax.random.key(2), y.shape)
+    (got,), (want,) = vjp(gy), vjp_ref(gy)
+
+    # the blocks are a loop of their own: one more than under the default budget
+    def loops(vjp):
+        return jax.jit(vjp).lower(gy).as_text().count("stablehlo.while")
+
+    blocked = loops(vjp)
+    monkeypatch.setattr(folded, "BLOCK_BYTES", 4 << 20)
+    assert blocked == loops(jax.vjp(lambda x: folded.fold(x, w, spec), x)[1]) + 1
+    chex.assert_trees_all_close(y, y_ref, atol=2e-5 * float(jnp.abs(y_ref).max()))
+    chex.assert_trees_all_close(got, want, atol=2e-5 * float(jnp.abs(want).max()))
 
 
 @pytest.mark.parametrize(
