@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import re
 
 import chex
 import jax
@@ -798,6 +799,46 @@ def test_fold_whole_and_block_by_block_rearrangements_equal_xla(
     gy = jax.random.normal(jax.random.key(2), y.shape)
     for a, b in zip((y, *vjp(gy)), (y_ref, *vjp_ref(gy))):
         chex.assert_trees_all_close(a, b, atol=2e-5 * float(jnp.abs(b).max()))
+
+
+@pytest.mark.parametrize("inference", [True, False])
+def test_wide_strided_fold_runs_xlas_forward_with_folds_gradients(monkeypatch, inference):
+    """A strided ``"fold"`` with many input channels runs XLA's own forward (where
+    nothing differentiates it, or always) and fold's gradients; the numbers equal
+    ``"xla"``'s: forward, reverse and forward mode to second order, and ``vmap``."""
+    from jconv.lowering import folded
+
+    jax.clear_caches()  # traces of the same config with other thresholds
+    name = "XLA_INFERENCE_CHANNELS" if inference else "XLA_FORWARD_CHANNELS"
+    monkeypatch.setattr(folded, name, 8)
+    cfg = jconv.Conv3d(8, 4, 3, stride=2, padding=(1, 0, 1), algorithm="fold")
+    p = jconv.init(jax.random.key(0), cfg)
+    ref = dataclasses.replace(p, cfg=dataclasses.replace(cfg, algorithm="xla"))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 5, 6, 4))
+
+    def loss(p, x):
+        return jnp.sum(jnp.sin(jconv.apply(p, x)))
+
+    def forms(f):
+        return set(re.findall(r"form=(\w+)", str(jax.make_jaxpr(f)(p, x))))
+
+    want = set() if inference else {"fold_xla_forward"}
+    assert forms(jconv.apply) == want  # XLA's conv, no fold primitive in inference
+    assert forms(jax.grad(loss, argnums=(0, 1))) == ({"fold"} if inference else want)
+    chex.assert_trees_all_close(jconv.apply(p, x), jconv.apply(ref, x), atol=1e-5)
+    (gp, gx), (rp, rx) = (jax.grad(loss, argnums=(0, 1))(q, x) for q in (p, ref))
+    chex.assert_trees_all_close((gp.weight, gp.bias, gx), (rp.weight, rp.bias, rx), atol=1e-4)
+    ws = jnp.stack([p.weight, 2 * p.weight])
+    chex.assert_trees_all_close(
+        jax.vmap(lambda w: jconv.apply(dataclasses.replace(p, weight=w), x))(ws),
+        jax.vmap(lambda w: jconv.apply(dataclasses.replace(ref, weight=w), x))(ws),
+        atol=1e-4,
+    )
+
+    def f(w, x):
+        return jconv.apply(dataclasses.replace(p, weight=w), x)
+
+    check_grads(f, (p.weight, x), order=2, modes=("rev", "fwd"), atol=2e-2, rtol=2e-2)
 
 
 @pytest.mark.parametrize("batch", [4, 3])

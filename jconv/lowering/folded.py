@@ -360,16 +360,41 @@ for _name, _whole in (("fold", True), ("fold_phase", False)):
         dx=functools.partial(_dx, whole=_whole),
         dw=_dw,
     )
+custom.register("fold_xla_forward", xla.conv, dx=functools.partial(_dx, whole=True), dw=_dw)
+
+# A strided fold runs XLA's own forward (its gradients stay fold's: XLA's ran 10-40x
+# slower) with at least ``XLA_FORWARD_CHANNELS`` input channels, and where nothing
+# differentiates it (inference) with at least ``XLA_INFERENCE_CHANNELS``. Strided
+# 3x3x3, one process, medians of 7-9, fold against XLA: forward, 256 -> 512 channels
+# 0.69x (8x256x8³), 0.74x (2x256x16³), 0.91x (8x256x16³); 128 -> 256 about even
+# (0.87-1.11x over runs at 8x128x8³, the grid's lowres:13, 1.10-1.11x at 16³); 32 to
+# 64 channels 0.97-1.9x, and at stride 1 (up to 128 channels) 1.4-3.9x. Training with
+# XLA's forward against fold's: 1.03-1.09x at 256 channels, 0.93-0.97x at 128.
+XLA_FORWARD_CHANNELS = 256
+XLA_INFERENCE_CHANNELS = 128
 
 
 def fold(x, w, spec: ConvSpec, form: str = "fold"):
     """3-d conv of ``x`` (N, C, D, H, W) with ``w`` (O, C/g, kd, kh, kw) as 2-d convs
     over blocks of output depth planes (one plain XLA 2-d conv, ``_stacked``, off CPU or
-    when the input may be split across devices)."""
+    when the input may be split across devices); strided and wide, XLA's own forward
+    with fold's gradients (``XLA_FORWARD_CHANNELS``, ``XLA_INFERENCE_CHANNELS``)."""
     if not spec.widen:
         return _stacked(x, w, spec)
     x, spec = xla.within_reach(x, w.shape[2:], spec)
-    return custom.bilinear(form, x, w, with_input_past(x.shape, w.shape[2:], spec))
+    spec = with_input_past(x.shape, w.shape[2:], spec)
+    if form != "fold" or all(s == 1 for s in spec.stride):
+        return custom.bilinear(form, x, w, spec)
+    if x.shape[1] >= XLA_FORWARD_CHANNELS:
+        return custom.bilinear("fold_xla_forward", x, w, spec)
+    if x.shape[1] >= XLA_INFERENCE_CHANNELS:
+        return _INFERENCE_XLA(x, w, spec)
+    return custom.bilinear(form, x, w, spec)
+
+
+_INFERENCE_XLA = custom.undifferentiated(
+    xla.conv, lambda x, w, spec: custom.bilinear("fold", x, w, spec)
+)
 
 
 def fold_phase(x, w, spec: ConvSpec):
