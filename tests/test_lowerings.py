@@ -801,6 +801,48 @@ def test_fold_whole_and_block_by_block_rearrangements_equal_xla(
         chex.assert_trees_all_close(a, b, atol=2e-5 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.parametrize(
+    "x_shape, cout, images",
+    [
+        ((8, 32, 48, 48), 32, 2),  # YNNPACK's: 576 KiB of input and cotangent per image
+        ((8, 64, 56, 56), 64, 1),
+        ((8, 64, 24, 24), 64, 4),
+        ((32, 256, 6, 6), 256, 16),
+        ((8, 32, 96, 96), 16, 8),  # 16 output channels: XLA's own kernel, BATCH images
+        ((0, 32, 48, 48), 32, 8),  # an empty batch: one empty block
+    ],
+)
+def test_widened_weight_gradient_blocks_of_images(x_shape, cout, images):
+    """``"widened"``'s weight gradient sums XLA's over blocks of images: at most 2 MiB of
+    input and cotangent per block where YNNPACK takes it, ``BATCH`` images where not."""
+    from jconv.lowering import widened
+
+    dy_shape = (x_shape[0], cout, *x_shape[2:])
+    assert widened._dw_images(x_shape, dy_shape, 4) == images
+    assert widened._dw_images(x_shape, dy_shape, 2) == images  # counted in float32
+
+
+@pytest.mark.parametrize("cout", [20, 8])
+def test_widened_weight_gradient_in_blocks_equals_xlas(monkeypatch, cout):
+    """The blocked weight gradient (one image per block where YNNPACK takes it, here 4
+    blocks; one block of ``BATCH`` where not) equals ``"xla"``'s, with the input's."""
+    from jconv.lowering import widened
+
+    jax.clear_caches()  # traces of the same config with another block budget
+    monkeypatch.setattr(widened, "DW_BLOCK_BYTES", 1)
+    cfg = jconv.Conv2d(6, cout, 3, padding=1, algorithm="widened")
+    x = jax.random.normal(jax.random.key(1), (4, 6, 17, 16))
+    assert widened._dw_images(x.shape, (4, cout, 17, 16), 4) == (1 if cout > 16 else 8)
+    p = jconv.init(jax.random.key(0), cfg)
+    ref = dataclasses.replace(p, cfg=dataclasses.replace(cfg, algorithm="xla"))
+
+    def loss(p, x):
+        return jnp.sum(jnp.sin(jconv.apply(p, x)))
+
+    (gp, gx), (rp, rx) = (jax.grad(loss, argnums=(0, 1))(q, x) for q in (p, ref))
+    chex.assert_trees_all_close((gp.weight, gp.bias, gx), (rp.weight, rp.bias, rx), atol=1e-4)
+
+
 @pytest.mark.parametrize("inference", [True, False])
 def test_wide_strided_fold_runs_xlas_forward_with_folds_gradients(monkeypatch, inference):
     """A strided ``"fold"`` with many input channels runs XLA's own forward (where

@@ -14,11 +14,15 @@ The input gradient of a stride-1 convolution is itself one (of the output
 cotangent, with the flipped kernel), and is widened the same way. The weight
 gradient cannot be: its kernel would be the widened cotangent, larger than its
 input, and XLA then swaps the operands into a form 30x slower. It is XLA's own,
-summed over blocks of 8 images: XLA's CPU weight gradient cost about the same
-per image up to a batch of 8 and up to 2x more per image beyond (64x64x56² 3x3:
-2.5 ms per image at 8, 4.1 at 32). Over 14 dense 3x3 layers (batch 1–32) that
-was 0.89–7.6x as fast as summing over blocks of 16 images and 16 output channels
-(which YNNPACK leaves to Eigen) and 0.92–1.30x XLA's whole weight gradient. The
+summed over blocks of images (``_dw_images``): where YNNPACK takes it (more than 16
+output channels) blocks of at most 2 MiB of input and cotangent, whose cost per
+image was lowest (training steps against blocks of 8 images, one process, 9
+rounds: ResNet 1.11x, bfloat16 1.07x, UNet 1.08x, bfloat16 even); else blocks of 8
+images (XLA's weight gradient cost about the same per image up to a batch of 8 and
+up to 2x more per image beyond: 64x64x56² 3x3, 2.5 ms per image at 8, 4.1 at 32).
+Over 14 dense 3x3 layers (batch 1–32) blocks of 8 were 0.89–7.6x as fast as summing
+over blocks of 16 images and 16 output channels (which YNNPACK leaves to Eigen) and
+0.92–1.30x XLA's whole weight gradient. The
 lowerings built on this one (``"s2d"``, ``"fold"``, ``"pergroup"`` and 2-d
 ``"subpixel"``) keep the 16-feature blocks (``blocks=True``), which were up to
 1.8x faster on their grid rows.
@@ -26,16 +30,19 @@ lowerings built on this one (``"s2d"``, ``"fold"``, ``"pergroup"`` and 2-d
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 from jax import lax
 
 from jconv.lowering import custom, xla
-from jconv.lowering.common import accumulator, flip_swap, transposed_spec
+from jconv.lowering.common import accumulator, flip_swap, group_block, transposed_spec
 from jconv.lowering.spec import ConvSpec
 
 FEATURES = 16  # YNNPACK takes a convolution only with more features than this
 MAX_BLOCKS = 32  # more blocks than this: compile time grows (larger blocks, or XLA's own)
 BATCH = 8  # XLA's CPU weight gradient cost the same per image up to a batch of 8, more beyond
+DW_BLOCK_BYTES = 2 << 20  # YNNPACK's weight gradient: input and cotangent per block of images
 
 
 def widen_axis(kernel, spec: ConvSpec) -> int | None:
@@ -118,12 +125,30 @@ def _dx(w, dy, spec: ConvSpec):
     return conv(dy, flip_swap(w, spec.groups), transposed_spec(spec, w.shape[2:]))
 
 
+def _dw_images(x_shape, dy_shape, itemsize: int) -> int:
+    """Images per block of :func:`_dw`. XLA's CPU backend hands a weight gradient with
+    more than ``FEATURES`` output channels to YNNPACK (the images are its input
+    features), whose cost per image grew with the block past about ``DW_BLOCK_BYTES``
+    of input and cotangent (float32): per image, batch 1 / 2 / 4 / 8, 3x3, ms: 32 ->
+    32 at 48² 0.39 / 0.30 / 0.35 / 0.42, 64 -> 32 at 48² 0.71 / 0.58 / 0.73 / 0.80,
+    64 -> 64 at 24² 0.28 / 0.27 / 0.24 / 0.30, 64 -> 64 at 56² 1.36 / 1.84 / 2.12 /
+    1.96, while 128 -> 128 at 12² and 256 -> 256 at 6² kept falling to batch 16. Its
+    own kernel (16 output channels or fewer) ran faster per image with more images
+    (32 -> 16 at 96²: 2.80 / 1.57 / 1.04 / 0.72): blocks of ``BATCH`` there."""
+    batch = x_shape[0]
+    step = BATCH
+    if dy_shape[1] > FEATURES and batch:
+        per = (math.prod(x_shape[1:]) + math.prod(dy_shape[1:])) * max(4, itemsize)
+        step = group_block(batch, per, DW_BLOCK_BYTES)
+    return max(step, -(-batch // MAX_BLOCKS))
+
+
 def _dw(x, dy, spec: ConvSpec, kernel):
-    """Weight gradient as XLA's own, summed over blocks of ``BATCH`` images (in float32
-    for narrower dtypes, rounded at the end)."""
+    """Weight gradient as XLA's own, summed over blocks of images (``_dw_images``; in
+    float32 for narrower dtypes, rounded at the end)."""
     batch, dtype = x.shape[0], dy.dtype
     shape = (dy.shape[1], x.shape[1] // spec.groups, *kernel)
-    step = max(BATCH, -(-batch // MAX_BLOCKS))
+    step = _dw_images(x.shape, dy.shape, x.dtype.itemsize)
     parts = [
         custom.transpose(
             lambda v, xb=x[n : n + step]: xla.conv(xb, v, spec), shape, dy.dtype, dy[n : n + step]
