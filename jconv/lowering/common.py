@@ -102,7 +102,7 @@ def col2im(w, dy, spec: ConvSpec, budget: int | None = None):
     or where one image's outgrows that, of output planes along the first spatial
     dimension, each added into the planes its windows read. No copy of the weight."""
     batch, out, kernel = dy.shape[0], dy.shape[2:], w.shape[2:]
-    acc, size, cin = accumulator(dy.dtype), _input_size(out, kernel, spec), spec.groups * w.shape[1]
+    acc, size, cin = accumulator(dy.dtype), input_size(out, kernel, spec), spec.groups * w.shape[1]
     plane = math.prod(out[1:]) * cin * math.prod(kernel) * jnp.dtype(acc).itemsize
     if budget is None:
         dx = batch * math.prod(size) * cin * dy.dtype.itemsize
@@ -137,7 +137,7 @@ def col2im(w, dy, spec: ConvSpec, budget: int | None = None):
     return lax.slice_in_dim(total, lo, lo + size[0], axis=2)
 
 
-def _input_size(out, kernel, spec: ConvSpec) -> tuple[int, ...]:
+def input_size(out, kernel, spec: ConvSpec) -> tuple[int, ...]:
     """The input size whose forward output is ``out``: the transposed conv's output size,
     ``spec.output_padding`` holding the rows past the last window."""
     return shapes.transposed_spatial(
@@ -149,7 +149,7 @@ def _col2im(w, dy, spec: ConvSpec, acc):
     """:func:`col2im` in one product."""
     kernel, g = w.shape[2:], spec.groups
     batch, cout, out = dy.shape[0], dy.shape[1], dy.shape[2:]
-    size = _input_size(out, kernel, spec)
+    size = input_size(out, kernel, spec)
     p = lax.dot_general(
         dy.reshape(batch, g, cout // g, *out),
         w.reshape(g, cout // g, *w.shape[1:]),

@@ -25,11 +25,9 @@ from __future__ import annotations
 import functools
 import math
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jconv import shapes
 from jconv.lowering import custom, phases, widened, xla
 from jconv.lowering.common import (
     BLOCK_BYTES,
@@ -38,6 +36,7 @@ from jconv.lowering.common import (
     col2im,
     flip_swap,
     group_block,
+    input_size,
     out_spatial,
     transposed_spec,
     windows,
@@ -248,6 +247,7 @@ def _dx(w, dy, spec: ConvSpec, whole: bool):
     batch = dy.shape[0]
     if batch * math.prod(dy.shape[2:]) * spec.groups <= COL2IM_WEIGHT * dy.shape[1]:
         return col2im(w, dy, spec)
+    t = spec._replace(transposed=True)
 
     def subpixel(d):  # output_padding holds the input rows past the last window
         return phases.conv_transpose(d, w, t, fold_phase)
@@ -256,20 +256,16 @@ def _dx(w, dy, spec: ConvSpec, whole: bool):
     # 2 on 8³ planes), interleaved into the input gradient, had held 2.1x XLA's training
     # temporaries in one piece (Conv3d(16, 16, 3, 2) on 16x16x16³; 1.4x in blocks, as
     # fast). Per image: the input gradient and the phases' output, in float32 or wider.
-    t = spec._replace(transposed=True)
-    size = shapes.transposed_spatial(
-        dy.shape[2:], kernel, t.stride, t.pads, t.dilation, t.output_padding
-    )
-    cin = w.shape[1] * spec.groups
-    rows = group_block(batch, 2 * cin * math.prod(size) * max(4, dy.dtype.itemsize), BLOCK_BYTES)
+    dx_shape = (batch, w.shape[1] * spec.groups, *input_size(dy.shape[2:], kernel, spec))
+    per_image = 2 * math.prod(dx_shape[1:]) * max(4, dy.dtype.itemsize)
+    rows = group_block(batch, per_image, BLOCK_BYTES)
     if rows >= batch:
         return subpixel(dy)
-    out = jax.eval_shape(subpixel, block(dy, 0, rows, 0))
     return by_blocks(
         lambda i: subpixel(block(dy, i, rows, 0)),
         batch // rows,
-        (batch, *out.shape[1:]),
-        out.dtype,
+        dx_shape,
+        _result_type(dy, spec),
         0,
         dy,
         w,
@@ -383,12 +379,11 @@ def fold(x, w, spec: ConvSpec, form: str = "fold"):
         return _stacked(x, w, spec)
     x, spec = xla.within_reach(x, w.shape[2:], spec)
     spec = with_input_past(x.shape, w.shape[2:], spec)
-    if form != "fold" or all(s == 1 for s in spec.stride):
-        return custom.bilinear(form, x, w, spec)
-    if x.shape[1] >= XLA_FORWARD_CHANNELS:
-        return custom.bilinear("fold_xla_forward", x, w, spec)
-    if x.shape[1] >= XLA_INFERENCE_CHANNELS:
-        return _INFERENCE_XLA(x, w, spec)
+    if form == "fold" and any(s > 1 for s in spec.stride):
+        if x.shape[1] >= XLA_FORWARD_CHANNELS:
+            form = "fold_xla_forward"
+        elif x.shape[1] >= XLA_INFERENCE_CHANNELS:
+            return _INFERENCE_XLA(x, w, spec)
     return custom.bilinear(form, x, w, spec)
 
 
