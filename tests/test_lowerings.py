@@ -843,16 +843,18 @@ def test_widened_weight_gradient_in_blocks_equals_xlas(monkeypatch, cout):
     chex.assert_trees_all_close((gp.weight, gp.bias, gx), (rp.weight, rp.bias, rx), atol=1e-4)
 
 
-@pytest.mark.parametrize("inference", [True, False])
-def test_wide_strided_fold_runs_xlas_forward_with_folds_gradients(monkeypatch, inference):
-    """A strided ``"fold"`` with many input channels runs XLA's own forward (where
-    nothing differentiates it, or always) and fold's gradients; the numbers equal
+@pytest.mark.parametrize(
+    "name", ["XLA_INFERENCE_CHANNELS", "XLA_FORWARD_CHANNELS", "XLA_FORWARD_OUTPUTS"]
+)
+def test_wide_strided_fold_runs_xlas_forward_with_folds_gradients(monkeypatch, name):
+    """A strided ``"fold"`` with many input (or output) channels runs XLA's own forward
+    (where nothing differentiates it, or always) and fold's gradients; the numbers equal
     ``"xla"``'s: forward, reverse and forward mode to second order, and ``vmap``."""
     from jconv.lowering import folded
 
     jax.clear_caches()  # traces of the same config with other thresholds
-    name = "XLA_INFERENCE_CHANNELS" if inference else "XLA_FORWARD_CHANNELS"
-    monkeypatch.setattr(folded, name, 8)
+    inference = name == "XLA_INFERENCE_CHANNELS"
+    monkeypatch.setattr(folded, name, 4 if name == "XLA_FORWARD_OUTPUTS" else 8)
     cfg = jconv.Conv3d(8, 4, 3, stride=2, padding=(1, 0, 1), algorithm="fold")
     p = jconv.init(jax.random.key(0), cfg)
     ref = dataclasses.replace(p, cfg=dataclasses.replace(cfg, algorithm="xla"))

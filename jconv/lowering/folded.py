@@ -359,14 +359,16 @@ for _name, _whole in (("fold", True), ("fold_phase", False)):
 custom.register("fold_xla_forward", xla.conv, dx=functools.partial(_dx, whole=True), dw=_dw)
 
 # A strided fold runs XLA's own forward (its gradients stay fold's: XLA's ran 10-40x
-# slower) with at least ``XLA_FORWARD_CHANNELS`` input channels, and where nothing
-# differentiates it (inference) with at least ``XLA_INFERENCE_CHANNELS``. Strided
-# 3x3x3, one process, medians of 7-9, fold against XLA: forward, 256 -> 512 channels
-# 0.69x (8x256x8³), 0.74x (2x256x16³), 0.91x (8x256x16³); 128 -> 256 about even
-# (0.87-1.11x over runs at 8x128x8³, the grid's lowres:13, 1.10-1.11x at 16³); 32 to
-# 64 channels 0.97-1.9x, and at stride 1 (up to 128 channels) 1.4-3.9x. Training with
-# XLA's forward against fold's: 1.03-1.09x at 256 channels, 0.93-0.97x at 128.
+# slower) with at least ``XLA_FORWARD_CHANNELS`` input channels or ``XLA_FORWARD_OUTPUTS``
+# output channels, and where nothing differentiates it (inference) with at least
+# ``XLA_INFERENCE_CHANNELS`` input channels. Strided 3x3x3, one process, medians of 7-9,
+# fold's forward time over XLA's: 256 -> 512 channels 1.1-1.45x (8x256x8³, 2x256x16³,
+# 8x256x16³); with 128 to 512 outputs 0.94-1.31x in float32 and 1.06-1.99x in bfloat16
+# (17 layers from 8 -> 384 at 32x8x4³ to 64 -> 128 at 2x64x32³; training with XLA's
+# forward 0.92-1.30x as fast, geomean 1.06x); with 32 to 96 outputs 0.25-0.94x (3 -> 64
+# at 8x3x32³: 0.25x; 64 -> 64 at 4x64x16³: 0.62x; training 0.74-1.07x), so fold there.
 XLA_FORWARD_CHANNELS = 256
+XLA_FORWARD_OUTPUTS = 128
 XLA_INFERENCE_CHANNELS = 128
 
 
@@ -374,13 +376,14 @@ def fold(x, w, spec: ConvSpec, form: str = "fold"):
     """3-d conv of ``x`` (N, C, D, H, W) with ``w`` (O, C/g, kd, kh, kw) as 2-d convs
     over blocks of output depth planes (one plain XLA 2-d conv, ``_stacked``, off CPU or
     when the input may be split across devices); strided and wide, XLA's own forward
-    with fold's gradients (``XLA_FORWARD_CHANNELS``, ``XLA_INFERENCE_CHANNELS``)."""
+    with fold's gradients (``XLA_FORWARD_CHANNELS``, ``XLA_FORWARD_OUTPUTS``,
+    ``XLA_INFERENCE_CHANNELS``)."""
     if not spec.widen:
         return _stacked(x, w, spec)
     x, spec = xla.within_reach(x, w.shape[2:], spec)
     spec = with_input_past(x.shape, w.shape[2:], spec)
     if form == "fold" and any(s > 1 for s in spec.stride):
-        if x.shape[1] >= XLA_FORWARD_CHANNELS:
+        if x.shape[1] >= XLA_FORWARD_CHANNELS or w.shape[0] >= XLA_FORWARD_OUTPUTS:
             form = "fold_xla_forward"
         elif x.shape[1] >= XLA_INFERENCE_CHANNELS:
             return _INFERENCE_XLA(x, w, spec)
