@@ -844,7 +844,12 @@ def test_widened_weight_gradient_in_blocks_equals_xlas(monkeypatch, cout):
 
 
 @pytest.mark.parametrize(
-    "name", ["XLA_INFERENCE_CHANNELS", "XLA_FORWARD_CHANNELS", "XLA_FORWARD_OUTPUTS"]
+    "name",
+    [
+        "XLA_FORWARD_OUTPUTS",
+        pytest.param("XLA_INFERENCE_CHANNELS", marks=SLOW),  # the same forms, inference
+        pytest.param("XLA_FORWARD_CHANNELS", marks=SLOW),  # the same program, other gate
+    ],
 )
 def test_wide_strided_fold_runs_xlas_forward_with_folds_gradients(monkeypatch, name):
     """A strided ``"fold"`` with many input (or output) channels runs XLA's own forward
