@@ -67,6 +67,7 @@ SMALL = [
     ),
     ("unfold", jconv.Conv1d(3, 4, 3, padding=((2, 0),)), (1, 3, 4)),
     ("unfold", jconv.Conv3d(2, 3, 2, stride=(1, 2, 1), padding=(0, 1, 0)), (1, 2, 3, 4, 3)),
+    ("unfold", jconv.Conv3d(4, 2, 2, padding=(1, 0, 0), groups=2), (3, 4, 2, 3, 2)),  # batch: (C, N·q)
     ("widened", jconv.Conv2d(3, 4, (3, 2), padding=(1, 0), dilation=(1, 2)), (2, 3, 5, 6)),
     ("widened", jconv.Conv2d(2, 4, 3, stride=(2, 1), padding=((0, 2), (1, 1))), (1, 2, 6, 5)),
     # blocked fold, ungrouped and strided: weight gradient by convolutions, input
