@@ -72,8 +72,8 @@ def _unfolded_batch(x, w, spec: ConvSpec):
     *sp) stacked as one (C/g·∏k, N·∏out) matrix per group, which the forward and the
     weight gradient's products read as it lies. Stacked from (N, C, *sp), every product
     copied it to another layout first: against that, over 8 layers (batch 2 to 8,
-    1-d to 3-d, 128 to 2048 channels) training temporaries 0.67x (1.0x on three),
-    forward 1.07-1.32x as fast, forward+backward 0.96-1.31x (one process, 9 rounds)."""
+    1-d to 3-d, 128 to 2048 channels) training temporaries 0.67x on four, even on four,
+    forward 0.96-1.32x as fast, forward+backward 0.96-1.31x (one process, 9 rounds)."""
     g, (batch, cin), (cout, kernel) = spec.groups, x.shape[:2], (w.shape[0], w.shape[2:])
     xc = jnp.moveaxis(x, 1, 0)
     cols = jnp.stack([xt for _, xt in windows(xc, kernel, spec)], axis=1)  # (C, ∏k, N, *out)
