@@ -158,20 +158,33 @@ def _shift_taps(cfg: Any) -> float:
 
 def _unfolds(cfg: Any, x_shape: tuple[int, ...], dtype: Any) -> bool:
     """Whether a dense float32 conv's weight outweighs its unfolded input (``"unfold"``):
-    at least ``UNFOLD_WEIGHT`` output channels per output pixel of the batch. There XLA's
+    at least ``UNFOLD_WEIGHT`` output channels per output pixel of one image,
+    ``UNFOLD_BATCH_WEIGHT`` of a batch (see there). There XLA's
     CPU convolution, a product whose rows are those pixels, ran 1.1-33x slower than
     the product over channels and taps, forward and forward+backward, 1-d to 3-d
     (8x512x7² 3x3: 1.09x / 1.36x; batch 1, 512x7²: 2.1x / 2.5x; 8x1024x4²: 4.1x / 2.7x;
     2x2048->512 at 7²: 5.3x / 2.8x; 8x256x2²: 33x / 19x; 3-d 2x256x4³: 2.4x against XLA's,
     3.5x / 3.1x against ``"fold"``), with 0.1-1.4x XLA's temporaries. With fewer it lost:
     8x64x8² 0.55x / 0.77x forward / forward+backward at 6.5-8.5x the memory,
-    64x128x4² 0.68x / 0.84x, 2x64->128 at 16² stride 2 (one channel per pixel) 0.73x
-    forward. bfloat16 ran mixed (batch 1, 512x7²: 0.89x forward; 1-d 4x256x64: 0.79x)."""
+    64x128x4² 0.68x / 0.84x (and 2x64->128 at 16² stride 2, one channel per pixel, 0.73x
+    forward before a batch's windows were stacked as its products read them: now 1.18x).
+    bfloat16 ran mixed (batch 1, 512x7²: 0.89x forward; 1-d 4x256x64: 0.79x)."""
     pixels = x_shape[0] * math.prod(shapes.output_spatial(cfg, x_shape[2:]))
-    return str(jnp.dtype(dtype)) == "float32" and cfg.out_channels >= UNFOLD_WEIGHT * pixels
+    least = UNFOLD_WEIGHT if x_shape[0] == 1 else UNFOLD_BATCH_WEIGHT
+    return str(jnp.dtype(dtype)) == "float32" and cfg.out_channels >= least * pixels
 
 
 UNFOLD_WEIGHT = 1.25
+# A batch's windows are stacked in the layout both products read (``dense._unfolded_batch``),
+# and from 0.85 to 1.25 channels per pixel that won too: 24 layers (batch 2 to 32, 1-d to
+# 3-d, 32 to 512 channels, stride 1 and 2, one process, 5-11 rounds) forward 1.00-2.51x
+# xla's, forward+backward 1.07-3.42x (one 0.37 ms layer, 2x64x6², 0.88x), 8x256x6²
+# 1.47-1.65x / 1.81-2.05x; 3-d ones trained 1.0-2.1x as fast as ``"fold"`` (six layers).
+# Its temporaries there are about ``(1 + 1/r) / (1 + 1/(taps·r))`` xla's at ``r`` channels per pixel (the windows and
+# the stack concatenated from them, against a weight copy and the input's; 1.89x
+# measured at 0.89, 1.92x at 0.85), so not lower. One image's form (the stack through
+# ``channel_product``) lost forward there: 1x64x8² 0.83-0.95x, 1x96x10² 0.98-0.99x.
+UNFOLD_BATCH_WEIGHT = 0.85
 FOLD_CHANNELS = 256  # dense stride-1 3-d convs with this many input channels stay xla
 
 
