@@ -169,9 +169,15 @@ def _unfolds(cfg: Any, x_shape: tuple[int, ...], dtype: Any) -> bool:
     64x128x4² 0.68x / 0.84x (and 2x64->128 at 16² stride 2, one channel per pixel, 0.73x
     forward before a batch's windows were stacked as its products read them: now 1.18x).
     bfloat16 ran mixed (batch 1, 512x7²: 0.89x forward; 1-d 4x256x64: 0.79x)."""
+    if str(jnp.dtype(dtype)) != "float32":
+        return False
+    taps, out = math.prod(cfg.kernel_size), cfg.out_channels
     pixels = x_shape[0] * math.prod(shapes.output_spatial(cfg, x_shape[2:]))
     least = UNFOLD_WEIGHT if x_shape[0] == 1 else UNFOLD_BATCH_WEIGHT
-    return str(jnp.dtype(dtype)) == "float32" and cfg.out_channels >= least * pixels
+    # temporaries against xla's: the windows and their stack against a weight copy and
+    # the input's, per input channel (measured 1.59-1.89x where this read 1.79-1.93x)
+    memory = taps * (pixels + out) / (taps * out + x_shape[0] * math.prod(x_shape[2:]))
+    return out >= least * pixels and memory <= UNFOLD_MEMORY
 
 
 UNFOLD_WEIGHT = 1.25
@@ -180,11 +186,14 @@ UNFOLD_WEIGHT = 1.25
 # 3-d, 32 to 512 channels, stride 1 and 2, one process, 5-11 rounds) forward 1.00-2.51x
 # xla's, forward+backward 1.07-3.42x (one 0.37 ms layer, 2x64x6², 0.88x), 8x256x6²
 # 1.47-1.65x / 1.81-2.05x; 3-d ones trained 1.0-2.1x as fast as ``"fold"`` (six layers).
-# Its temporaries there are about ``(1 + 1/r) / (1 + 1/(taps·r))`` xla's at ``r`` channels per pixel (the windows and
-# the stack concatenated from them, against a weight copy and the input's; 1.89x
-# measured at 0.89, 1.92x at 0.85), so not lower. One image's form (the stack through
-# ``channel_product``) lost forward there: 1x64x8² 0.83-0.95x, 1x96x10² 0.98-0.99x.
+# Its temporaries there are about ``(1 + 1/r) / (1 + 1/(taps·r))`` xla's at ``r``
+# channels per pixel, stride 1 (the windows and the stack concatenated from them, against
+# a weight copy and the input's): measured 1.89x at 0.89 with 9 taps, as it reads; it
+# reads 1.92x at 0.85 with 9 taps but 2.08x with 25 or 27, hence ``UNFOLD_MEMORY``. One
+# image's form (the stack through ``channel_product``) lost forward there: 1x64x8²
+# 0.83-0.95x, 1x96x10² 0.98-0.99x.
 UNFOLD_BATCH_WEIGHT = 0.85
+UNFOLD_MEMORY = 1.95
 FOLD_CHANNELS = 256  # dense stride-1 3-d convs with this many input channels stay xla
 
 
