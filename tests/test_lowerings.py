@@ -435,8 +435,8 @@ def test_blocked_weight_gradients_and_their_limits(name, batch, cout):
     [
         # at least 0.85 output channels per output pixel of a batch, 1.25 of one image
         (jconv.Conv2d(512, 512, 3, padding=1), (8, 512, 7, 7), "float32", "unfold"),
-        (jconv.Conv2d(512, 512, 3, padding=1), (12, 512, 7, 7), "float32", "unfold"),
-        (jconv.Conv2d(512, 512, 3, padding=1), (13, 512, 7, 7), "float32", "xla"),
+        (jconv.Conv2d(512, 512, 3, padding=1), (11, 512, 7, 7), "float32", "unfold"),
+        (jconv.Conv2d(512, 512, 3, padding=1), (12, 512, 7, 7), "float32", "xla"),  # 1.905x
         (jconv.Conv2d(256, 512, 3, stride=2, padding=1), (8, 256, 14, 14), "float32", "unfold"),
         (jconv.Conv2d(256, 256, 3, padding=1), (8, 256, 6, 6), "float32", "unfold"),
         (jconv.Conv2d(256, 256, 3, padding=1), (16, 256, 4, 4), "float32", "unfold"),
@@ -444,15 +444,15 @@ def test_blocked_weight_gradients_and_their_limits(name, batch, cout):
         (jconv.Conv2d(64, 64, 3, padding=1), (1, 64, 7, 7), "float32", "unfold"),
         (jconv.Conv2d(64, 64, 3, padding=1), (1, 64, 8, 8), "float32", "xla"),
         (jconv.Conv2d(64, 64, 3, padding=1), (2, 64, 6, 6), "float32", "unfold"),
-        # ... while the stacked windows stay under 1.95x xla's temporaries (as estimated)
-        (jconv.Conv2d(96, 96, 5, padding=2), (2, 96, 7, 7), "float32", "unfold"),
-        (jconv.Conv2d(110, 110, 5, padding=2), (2, 110, 8, 8), "float32", "xla"),
+        # ... while the stacked windows stay within 1.9x xla's temporaries (as estimated)
+        (jconv.Conv2d(96, 96, 5, padding=2), (2, 96, 6, 6), "float32", "unfold"),
+        (jconv.Conv2d(96, 96, 5, padding=2), (2, 96, 7, 7), "float32", "xla"),
+        (jconv.Conv3d(112, 112, 3, padding=1), (2, 112, 3, 4, 4), "float32", "unfold"),
         (jconv.Conv3d(116, 116, 3, padding=1), (2, 116, 4, 4, 4), "float32", "fold"),
         (jconv.Conv2d(64, 64, 3, padding=1, dilation=2), (1, 64, 6, 7), "float32", "unfold"),
         (jconv.Conv1d(512, 512, 3, padding=1), (1, 512, 256), "float32", "unfold"),
         (jconv.Conv3d(256, 256, 3, padding=1), (2, 256, 4, 4, 4), "float32", "unfold"),
-        (jconv.Conv3d(128, 128, 3, padding=1), (2, 128, 4, 4, 4), "float32", "unfold"),
-        (jconv.Conv3d(128, 128, 3, padding=1), (2, 128, 5, 5, 5), "float32", "fold"),
+        (jconv.Conv3d(128, 128, 3, padding=1), (2, 128, 4, 4, 4), "float32", "fold"),
         # XLA's own 3-d conv from 256 input channels on at stride 1 (fold: 0.64-0.99x)
         (jconv.Conv3d(384, 384, 3, padding=1), (16, 384, 4, 4, 4), "float32", "xla"),
         (jconv.Conv3d(256, 256, 3, padding=1), (4, 256, 8, 8, 8), "float32", "xla"),
@@ -581,10 +581,9 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
         (jconv.Conv2d(512, 512, 3, padding=1), (8, 512, 7, 7), "train", "float32"),
         (jconv.Conv2d(256, 512, 3, stride=2, padding=1), (1, 256, 14, 14), "forward", "float32"),
         (jconv.Conv3d(256, 256, 3, padding=1), (2, 256, 4, 4, 4), "train", "float32"),
-        # a batch from 0.85 channels per pixel, where the estimate reads up to 1.95x
+        # a batch from 0.85 channels per pixel, where the estimate reads up to 1.9x
         (jconv.Conv2d(256, 256, 3, padding=1), (8, 256, 6, 6), "forward", "float32"),
-        (jconv.Conv2d(96, 96, 5, padding=2), (2, 96, 7, 7), "forward", "float32"),
-        (jconv.Conv3d(128, 128, 3, padding=1), (2, 128, 4, 4, 4), "forward", "float32"),
+        (jconv.Conv3d(112, 112, 3, padding=1), (2, 112, 3, 4, 4), "forward", "float32"),
         # heavy 1x1: one product over the batch (the weight broadcast per image: 6.9x)
         (jconv.Conv2d(2048, 512, 1), (64, 2048, 7, 7), "train", "float32"),
         (jconv.Conv2d(768, 192, 1), (8, 768, 6, 6), "train", "float32"),
