@@ -436,7 +436,8 @@ def test_blocked_weight_gradients_and_their_limits(name, batch, cout):
         # at least 0.85 output channels per output pixel of a batch, 1.25 of one image
         (jconv.Conv2d(512, 512, 3, padding=1), (8, 512, 7, 7), "float32", "unfold"),
         (jconv.Conv2d(512, 512, 3, padding=1), (11, 512, 7, 7), "float32", "unfold"),
-        (jconv.Conv2d(512, 512, 3, padding=1), (12, 512, 7, 7), "float32", "xla"),  # 1.905x
+        # 0.87 channels per pixel, but the estimate reads 1.905x xla's temporaries
+        (jconv.Conv2d(512, 512, 3, padding=1), (12, 512, 7, 7), "float32", "xla"),
         (jconv.Conv2d(256, 512, 3, stride=2, padding=1), (8, 256, 14, 14), "float32", "unfold"),
         (jconv.Conv2d(256, 256, 3, padding=1), (8, 256, 6, 6), "float32", "unfold"),
         (jconv.Conv2d(256, 256, 3, padding=1), (16, 256, 4, 4), "float32", "unfold"),
