@@ -115,6 +115,14 @@ SMALL = [
         jconv.ConvTranspose3d(16, 2, (2, 3, 1), stride=(2, 1, 3), padding=(0, 1, 0)),
         (1, 16, 2, 2, 1),
     ),
+    # transposed, narrow outputs: the weight gradient from the output gradient's windows
+    ("subpixel", jconv.ConvTranspose1d(16, 2, 3, stride=2, padding=1), (2, 16, 9)),
+    (
+        "subpixel",
+        jconv.ConvTranspose2d(24, 2, 2, stride=2, padding=(0, 1), output_padding=(1, 0)),
+        (2, 24, 4, 5),
+    ),
+    ("subpixel", jconv.ConvTranspose3d(20, 1, 2, stride=(2, 1, 2)), (1, 20, 3, 2, 4)),
     # strided depthwise with many taps: the weight gradient over stride phases
     ("shift", jconv.Conv2d(2, 4, 7, stride=2, padding=(3, 1), groups=2), (1, 2, 9, 8)),
     ("shift", jconv.Conv1d(2, 2, 17, stride=2, padding=((3, 8),), groups=2), (2, 2, 23)),
@@ -599,6 +607,15 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
         (
             jconv.ConvTranspose2d(256, 128, 3, stride=2, padding=1, output_padding=1),
             (2, 256, 4, 4),
+            "train",
+            "float32",
+        ),
+        # transposed, narrow outputs: the weight gradient from the output gradient's
+        # stacked windows (the sub-pixel form's padded input: 2.04x and 2.10x)
+        (jconv.ConvTranspose2d(256, 3, 3, stride=2), (1, 256, 37, 37), "train", "float32"),
+        (
+            jconv.ConvTranspose2d(512, 8, 3, stride=2, padding=1),
+            (1, 512, 28, 28),
             "train",
             "float32",
         ),

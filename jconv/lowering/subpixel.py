@@ -136,6 +136,8 @@ def _windows_dw(x, dy, spec: ConvSpec, kernel):
 custom.register("subpixel", xla.conv_transpose, dx=_dx, dw=_dw)
 custom.register("subpixel_even", _forward, dx=_dx, dw=_dw)
 custom.register("subpixel_col2im", _col2im_form, dx=_dx, dw=_windows_dw)
+custom.register("subpixel_windows", xla.conv_transpose, dx=_dx, dw=_windows_dw)
+custom.register("subpixel_even_windows", _forward, dx=_dx, dw=_windows_dw)
 
 # The forward is ``col2im`` (and the weight gradient the stacked windows' product) where
 # the batch's input pixels (times the groups) are at most this many times the input
@@ -147,6 +149,26 @@ custom.register("subpixel_col2im", _col2im_form, dx=_dx, dw=_windows_dw)
 # channel (4x256x8² -> 128) memory 1.69x -> 2.97x; for 5x5x5 kernels XLA's CPU backend
 # copied out each of the 125 windows (5.5x).
 COL2IM_WEIGHT, COL2IM_TAPS = 0.5, 27
+
+# The weight gradient is the stacked windows' product (``_windows_dw``) where those
+# windows of the output gradient, (N, O, ∏k, *in), hold fewer than this many times the
+# input's elements, i.e. O/g·∏k < WINDOWS_DW·C_in/g: narrow outputs, as an image or
+# waveform head (the sub-pixel form pads and copies the whole input for it). Training
+# against the sub-pixel form's, one process, 7 rounds: ConvTranspose2d(256, 3, 3, 2) at
+# 1x256x37² 4.5x / 2.7x xla's, temporaries 1.04x / 2.04x xla's; (512, 8, 3, 2) at
+# 1x512x28² 8.9x / 5.3x, 1.16x / 2.10x; (512, 16, 3, 2) at 2x512x14² 7.2x / 3.2x;
+# (1024, 16, 4, 2) at 1x1024x8² 7.1x / 7.0x; ConvTranspose1d(512, 16, 8, 4) at 4x512x500
+# 11.8x / 9.9x, 0.66x / 0.97x; ConvTranspose3d(256, 4, 3, 2) at 2x256x6³ 66x / 52x.
+# At one half even (ConvTranspose1d(32, 1, 16, 8) at 4x32x2000: 3.30x / 3.33x) at 1.22x
+# against 0.67x the temporaries; above it mixed (DCGAN's (64, 3, 4, 2) at 64x64x32²,
+# three quarters: 2.9x / 3.5x).
+WINDOWS_DW = 0.5
+
+
+def _narrow_output(x_shape, w_shape, groups: int) -> bool:
+    """Whether the output gradient's windows hold less than ``WINDOWS_DW`` times the
+    input (``w_shape`` is torch's transposed (C_in, O/g, *k))."""
+    return w_shape[1] * math.prod(w_shape[2:]) < WINDOWS_DW * x_shape[1] / groups
 
 
 def lowering(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
@@ -162,7 +184,8 @@ def lowering(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
     The input gradient of a transposed convolution is the strided forward
     convolution it transposes (input = our output, pads ``(lo, hi − output_padding)``,
     torch's weight as its (out, in/g) weight); the weight gradient is the
-    sub-pixel form's.
+    sub-pixel form's, or for narrow outputs (``WINDOWS_DW``) the stacked windows'
+    product.
     """
     light = x.shape[0] * math.prod(x.shape[2:]) * spec.groups <= COL2IM_WEIGHT * x.shape[1]
     if spec.widen and light and math.prod(w.shape[2:]) <= COL2IM_TAPS:
@@ -170,4 +193,7 @@ def lowering(x: jnp.ndarray, w: jnp.ndarray, spec: ConvSpec) -> jnp.ndarray:
     even = x.ndim == 5 or all(k % s == 0 for k, s in zip(w.shape[2:], spec.stride) if s > 1)
     if even and x.ndim < 5 and _heavy_one_tap(x.shape, w, spec):
         even = False
-    return custom.bilinear("subpixel_even" if even and spec.widen else "subpixel", x, w, spec)
+    name = "subpixel_even" if even and spec.widen else "subpixel"
+    if spec.widen and _narrow_output(x.shape, w.shape, spec.groups):
+        name += "_windows"
+    return custom.bilinear(name, x, w, spec)
