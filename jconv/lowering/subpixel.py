@@ -154,9 +154,10 @@ COL2IM_WEIGHT, COL2IM_TAPS = 0.5, 27
 # windows of the output gradient, (N, O, ∏k, *in), hold fewer than this many times the
 # input's elements, i.e. O/g·∏k < WINDOWS_DW·C_in/g: narrow outputs, as an image or
 # waveform head (the sub-pixel form pads and copies the whole input for it). Training
-# against the sub-pixel form's, one process, 7 rounds: ConvTranspose2d(256, 3, 3, 2) at
-# 1x256x37² 4.5x / 2.7x xla's, temporaries 1.04x / 2.04x xla's; (512, 8, 3, 2) at
-# 1x512x28² 8.9x / 5.3x, 1.16x / 2.10x; (512, 16, 3, 2) at 2x512x14² 7.2x / 3.2x;
+# against the sub-pixel form's, one process, 7 rounds, two runs: ConvTranspose2d(256, 3,
+# 3, 2) at 1x256x37² 4.5x and 3.1x / 2.7x and 2.6x xla's, temporaries 1.04x / 2.04x xla's;
+# (512, 8, 3, 2) at 1x512x28² 8.9x and 5.6x / 5.3x and 3.2x, 1.16x / 2.10x; one run:
+# (512, 16, 3, 2) at 2x512x14² 7.2x / 3.2x;
 # (1024, 16, 4, 2) at 1x1024x8² 7.1x / 7.0x; ConvTranspose1d(512, 16, 8, 4) at 4x512x500
 # 11.8x / 9.9x, 0.66x / 0.97x; ConvTranspose3d(256, 4, 3, 2) at 2x256x6³ 66x / 52x.
 # At one half even (ConvTranspose1d(32, 1, 16, 8) at 4x32x2000: 3.30x / 3.33x) at 1.22x
