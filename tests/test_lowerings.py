@@ -468,15 +468,21 @@ def test_blocked_weight_gradients_and_their_limits(name, batch, cout):
         (jconv.Conv3d(192, 192, 3, padding=1), (16, 192, 4, 4, 4), "float32", "fold"),
         (jconv.Conv3d(256, 512, 3, stride=2, padding=1), (8, 256, 8, 8, 8), "float32", "unfold"),
         (jconv.Conv3d(256, 512, 3, stride=2, padding=1), (16, 256, 8, 8, 8), "float32", "fold"),
-        # bfloat16 ran mixed; groups have their own lowerings; 1x1 is "matmul"
-        (jconv.Conv2d(512, 512, 3, padding=1), (1, 512, 7, 7), "bfloat16", "xla"),
+        # bfloat16 from 256 channels in and out (it lost on small 64- and 128-channel
+        # layers); float16 stays xla; groups have their own lowerings; 1x1 is "matmul"
+        (jconv.Conv2d(512, 512, 3, padding=1), (1, 512, 7, 7), "bfloat16", "unfold"),
+        (jconv.Conv1d(256, 256, 3, padding=1), (4, 256, 64), "bfloat16", "unfold"),
+        (jconv.Conv2d(128, 128, 3, padding=1), (2, 128, 8, 8), "bfloat16", "xla"),
+        (jconv.Conv2d(128, 128, 3, padding=1), (2, 128, 8, 8), "float32", "unfold"),
+        (jconv.Conv2d(512, 512, 3, padding=1), (1, 512, 7, 7), "float16", "xla"),
         (jconv.Conv2d(512, 512, 3, padding=1, groups=2), (1, 512, 7, 7), "float32", "pergroup"),
         (jconv.Conv2d(512, 512, 1), (1, 512, 7, 7), "float32", "matmul"),
     ],
 )
 def test_planner_unfolds_where_the_weight_outweighs_the_input(cfg, shape, dtype, want):
     """``"unfold"`` where the output channels outnumber (a batch: nearly) the batch's output
-    pixels (low resolution, wide channels, small batch), in float32 on one device."""
+    pixels (low resolution, wide channels, small batch), in float32 (bfloat16 from 256
+    channels) on one device."""
     assert plan(cfg, shape, jnp.dtype(dtype), "cpu") == want
     assert plan(cfg, shape, jnp.dtype(dtype), "cpu", 8, (True,) + (False,) * cfg.ndim) != "unfold"
     assert plan(cfg, shape, jnp.dtype(dtype), "gpu") != "unfold"

@@ -56,8 +56,8 @@ def plan(
       ``"shift"`` up to 49 taps, then ``"xla"`` (the FFT would gather the batch);
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
       ``"pergroup"`` beyond in 1-d and 2-d (3-d: xla; pergroup 0.70x, 4.9x memory);
-    * dense float32, 1-d to 3-d, on one device, where the weight outweighs the
-      unfolded input (``_unfolds``: low resolution, wide channels, small batch):
+    * dense float32 (bfloat16 from 256 channels), 1-d to 3-d, on one device, where
+      the weight outweighs the unfolded input (``_unfolds``: low resolution, wide channels, small batch):
       ``"unfold"``;
     * dense 3-d: ``"fold"`` (``"xla"`` when split in space, for a kernel of
       one tap in the plane, k×1×1, or at stride 1 from ``FOLD_CHANNELS`` input
@@ -168,8 +168,11 @@ def _unfolds(cfg: Any, x_shape: tuple[int, ...], dtype: Any) -> bool:
     8x64x8² 0.55x / 0.77x forward / forward+backward at 6.5-8.5x the memory,
     64x128x4² 0.68x / 0.84x (and 2x64->128 at 16² stride 2, one channel per pixel, 0.73x
     forward before a batch's windows were stacked as its products read them: now 1.18x).
-    bfloat16 ran mixed (batch 1, 512x7²: 0.89x forward; 1-d 4x256x64: 0.79x)."""
-    if str(jnp.dtype(dtype)) != "float32":
+    bfloat16 takes it from ``UNFOLD_BF16_CHANNELS`` channels in and out (see there)."""
+    name = str(jnp.dtype(dtype))
+    if name not in ("float32", "bfloat16"):
+        return False
+    if name == "bfloat16" and min(cfg.in_channels, cfg.out_channels) < UNFOLD_BF16_CHANNELS:
         return False
     taps, out = math.prod(cfg.kernel_size), cfg.out_channels
     pixels = x_shape[0] * math.prod(shapes.output_spatial(cfg, x_shape[2:]))
@@ -195,6 +198,15 @@ UNFOLD_WEIGHT = 1.25
 # image's form (the stack through ``channel_product``) lost forward there: 1x64x8²
 # 0.83-0.95x, 1x96x10² 0.98-0.99x.
 UNFOLD_BATCH_WEIGHT = 0.85
+# bfloat16 (jaxlib 0.10.2, one process, 7 rounds, x xla's time; XLA's CPU convolution
+# widens bfloat16 to float32, while unfold's product keeps it narrow): with 256 channels
+# or more in and out, 13 layers on the rule's side of the line (1-d to 3-d, batch 1 to
+# 32, 2x2 to 14x14) ran forward 1.85-12x, forward+backward 1.13-4.2x, and 1-d
+# 4x256x64 (3 taps) forward 2.2-3.3x, forward+backward 0.95-0.98x, at 0.52-1.36x the
+# temporaries; with 64 or 128 it lost on small layers (2x64x6² 0.50-0.57x, 2x128x8²
+# forward+backward 0.81-0.93x, 2x64->128 at 16² stride 2 0.65x) and won on others
+# (4x128x4² 1.06x, 1x128->256 at 8² 1.29x), so xla there.
+UNFOLD_BF16_CHANNELS = 256
 UNFOLD_MEMORY = 1.9
 FOLD_CHANNELS = 256  # dense stride-1 3-d convs with this many input channels stay xla
 
