@@ -57,8 +57,8 @@ def plan(
     * other grouped: ``"shift"`` while each output sums at most 64 terms,
       ``"pergroup"`` beyond in 1-d and 2-d (3-d: xla; pergroup 0.70x, 4.9x memory);
     * dense float32 (bfloat16 from 256 channels), 1-d to 3-d, on one device, where
-      the weight outweighs the unfolded input (``_unfolds``: low resolution, wide channels, small batch):
-      ``"unfold"``;
+      the weight outweighs the unfolded input (``_unfolds``: low resolution, wide
+      channels, small batch): ``"unfold"``;
     * dense 3-d: ``"fold"`` (``"xla"`` when split in space, for a kernel of
       one tap in the plane, k×1×1, or at stride 1 from ``FOLD_CHANNELS`` input
       channels on);
