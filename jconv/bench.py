@@ -395,6 +395,15 @@ def add_arguments(parser) -> None:
         "forward+backward for training) against xla",
     )
     parser.add_argument(
+        "--sweep",
+        type=int,
+        default=0,
+        metavar="COUNT",
+        help="--grid: COUNT random layers (jconv.grid.sweep) instead of the grid's shapes; "
+        "those planned xla are left out (the same program)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="--sweep: which random layers")
+    parser.add_argument(
         "--models",
         action="store_true",
         help="whole training steps of six architectures (jconv.models) against torch, "

@@ -245,6 +245,69 @@ GRID_BF16 = tuple(
 GRID = tuple((c, "float32") for c in GRID_F32) + tuple((c, "bfloat16") for c in GRID_BF16)
 
 
+# ---------------------------------------------------------------------------
+# random layers: shapes nobody fitted a rule to (``--grid --sweep COUNT --seed S``)
+
+_WIDTHS = (1, 3, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+_SIZES = {
+    1: (64, 256, 1000, 2000, 4096, 16000),
+    2: (4, 7, 14, 28, 37, 56, 64, 112),
+    3: (4, 6, 8, 12, 16, 24, 32),
+}
+_FLOPS = (1e7, 5e8)  # forward flops of a drawn layer: enough to time, small enough to run
+
+
+def sweep(count: int, seed: int = 0) -> tuple[tuple[Case, str], ...]:
+    """``count`` random valid layers (and dtypes), the same for the same ``seed``.
+
+    Drawn: 1-d to 3-d; a third transposed; dense, grouped and depthwise; kernels of 1
+    to 7 taps (depthwise up to 13); strides 1 to 4; dilation 1 to 3; batch 1 to 32;
+    a fifth in bfloat16. A draw is kept when torch would accept the layer and its
+    forward costs 1e7 to 5e8 flops (some XLA gradients run at 0.1 GFLOP/s, and each is
+    timed); names are ``sweep:SEED:i``.
+    """
+    rng = np.random.default_rng(seed)
+    cases: list[tuple[Case, str]] = []
+    while len(cases) < count:
+        case = _draw(rng, f"sweep:{seed}:{len(cases)}")
+        if case is not None:
+            cases.append((case, "bfloat16" if rng.random() < 0.2 else "float32"))
+    return tuple(cases)
+
+
+def _draw(rng, name: str) -> Case | None:
+    """One random layer, or None when the draw is invalid or outside ``_FLOPS``."""
+    import jconv
+
+    nd = int(rng.choice((1, 2, 2, 2, 3)))
+    transposed = bool(rng.random() < 1 / 3)
+    cin, cout = (int(rng.choice(_WIDTHS)) for _ in range(2))
+    kind = rng.choice(("dense", "dense", "dense", "grouped", "depthwise"))
+    groups = 1
+    if kind == "depthwise":
+        cout = cin * int(rng.choice((1, 1, 1, 2)))
+        groups = cin
+    elif kind == "grouped":
+        groups = int(rng.choice((2, 4, 8, 16, 32)))
+        cin, cout = (int(c * groups // np.gcd(c, groups)) for c in (cin, cout))
+    kernel = int(rng.choice((1, 2, 3, 3, 3, 4, 5, 7) + ((9, 13) if kind == "depthwise" else ())))
+    stride = int(rng.choice((1, 1, 1, 2, 2, 3, 4)))
+    dilation = int(rng.choice((1, 1, 1, 1, 2, 3))) if kernel > 1 and stride == 1 else 1
+    padding = int(rng.integers(0, dilation * (kernel - 1) // 2 + 1))
+    if transposed:
+        padding = min(padding, (kernel - 1) * dilation // 2)
+    case = Case(
+        name, nd, int(rng.choice((1, 2, 4, 8, 16, 32))), cin, cout,
+        int(rng.choice(_SIZES[nd])), kernel, stride, padding, dilation, groups, transposed,
+    )  # fmt: skip
+    try:
+        cfg = case.config()
+        flops = jconv.flops(cfg, case.input_shape)
+    except (ValueError, TypeError):
+        return None
+    return case if _FLOPS[0] <= flops <= _FLOPS[1] else None
+
+
 def _facts(fwd, fb, x, w, b, gy):
     """Timers of a compiled forward and forward+backward, their temp bytes, and a
     digest of each compiled program (equal digests: the very same program)."""
@@ -290,7 +353,6 @@ def _tuned(f, x, w, b, gy):
 
 def run_grid_case(case: Case, dtype: str, repeat: int, tuned: bool = False) -> dict:
     import jconv
-    from jconv.lowering import plan
 
     jdtype = jnp.dtype(dtype)
     cfg = case.config("auto", dtype=jdtype)
@@ -319,7 +381,7 @@ def run_grid_case(case: Case, dtype: str, repeat: int, tuned: bool = False) -> d
     row = {
         "case": dataclasses.asdict(case),
         "dtype": dtype,
-        "lowering": plan(cfg, x.shape, jdtype, jax.default_backend(), jax.device_count()),
+        "lowering": _planned(case, dtype),
         "gflop": jconv.flops(cfg, x.shape) / 1e9,
         "ms": ms,
         "temp_bytes": memory,
@@ -427,39 +489,53 @@ def chart(rows: list[dict], path: Path) -> bool:
     return True
 
 
+def _line(r: dict) -> str:
+    a, m = r["auto_vs_xla"], r["memory_vs_xla"]
+    line = (
+        f"{r['case']['name']:22s} {r['dtype']:8s} {r['lowering']:9s} "
+        f"fwd {a['forward']:5.2f}x f+b {a['forward_backward']:5.2f}x vs xla, "
+        f"memory {m['forward']:5.1f}x/{m['forward_backward']:5.1f}x"
+    )
+    if "tuned" in r:
+        t, c = r["tuned_vs_xla"], r["tuned"]
+        line += (
+            f"; tuned {c['forward']['algorithm']}/{c['train']['algorithm']} "
+            f"fwd {t['forward']:5.2f}x f+b {t['forward_backward']:5.2f}x"
+        )
+    return line
+
+
+def _planned(case: Case, dtype: str) -> str:
+    from jconv.lowering import plan
+
+    cfg = case.config("auto", dtype=jnp.dtype(dtype))
+    return plan(cfg, case.input_shape, cfg.dtype, jax.default_backend(), jax.device_count())
+
+
 def run(args) -> int:
+    cases = sweep(args.sweep, args.seed) if args.sweep else GRID
     if args.list:
-        for case, dtype in GRID:
+        for case, dtype in cases:
             print(f"{case.name:18s} {dtype:9s} {case}")
         return 0
     picked = [
         (c, d)
-        for c, d in GRID
+        for c, d in cases
         if args.cases == "all" or any(c.name.startswith(p) for p in args.cases.split(","))
     ]
+    if args.sweep:  # a layer planned "xla" compiles xla's very program: nothing to compare
+        picked = [(c, d) for c, d in picked if _planned(c, d) != "xla"]
+        print(f"{len(picked)} of {args.sweep} random layers planned off xla", file=sys.stderr)
     if not picked:
         print(f"no grid case matches {args.cases!r}", file=sys.stderr)
         return 2
     progress = Progress(len(picked))
     rows = []
-    for case, dtype in picked:
+    for case, dtype in picked:  # each row as it is measured: a long run can be read early
         rows.append(run_grid_case(case, dtype, args.repeat, tuned=args.tuned))
+        print(_line(rows[-1]), flush=True)
         progress.step(case.name)
     summary = summarize(rows)
-    for r in rows:
-        a, m = r["auto_vs_xla"], r["memory_vs_xla"]
-        line = (
-            f"{r['case']['name']:22s} {r['dtype']:8s} {r['lowering']:9s} "
-            f"fwd {a['forward']:5.2f}x f+b {a['forward_backward']:5.2f}x vs xla, "
-            f"memory {m['forward']:5.1f}x/{m['forward_backward']:5.1f}x"
-        )
-        if "tuned" in r:
-            t, c = r["tuned_vs_xla"], r["tuned"]
-            line += (
-                f"; tuned {c['forward']['algorithm']}/{c['train']['algorithm']} "
-                f"fwd {t['forward']:5.2f}x f+b {t['forward_backward']:5.2f}x"
-            )
-        print(line)
     print(json.dumps(summary, indent=1))
     report = {"repeat": args.repeat, "summary": summary, "rows": rows}
     write_report(args.out, "grid", report, lambda path: chart(rows, path))

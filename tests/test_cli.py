@@ -146,6 +146,52 @@ def test_bench_list_names_the_grid_and_model_cases_without_running_them(flag, ca
     assert [line.split()[0] for line in lines] == names
 
 
+def test_sweep_draws_valid_varied_layers_the_same_for_a_seed():
+    """``--grid --sweep``: random layers torch accepts, within the flop bounds, one list
+    per seed, covering every rank, transposed, grouped, depthwise and both dtypes."""
+    import jconv
+    from jconv.grid import _FLOPS, sweep
+
+    cases = sweep(60, seed=3)
+    assert len(cases) == 60 and sweep(60, seed=3) == cases and sweep(60, seed=4) != cases
+    assert [c.name for c, _ in cases] == [f"sweep:3:{i}" for i in range(60)]
+    for case, _ in cases:
+        cfg = case.config()  # validated at construction: a bad draw would raise here
+        assert _FLOPS[0] <= jconv.flops(cfg, case.input_shape) <= _FLOPS[1]
+        assert all(n > 0 for n in jconv.output_shape(cfg, case.input_shape))
+        assert type(case.cin) is int and type(case.cout) is int  # JSON-able in the report
+    assert {c.nd for c, _ in cases} == {1, 2, 3} and {d for _, d in cases} == {
+        "float32",
+        "bfloat16",
+    }
+    assert any(c.transposed for c, _ in cases) and any(c.groups == c.cin > 1 for c, _ in cases)
+    assert any(1 < c.groups < c.cin for c, _ in cases) and any(c.dilation > 1 for c, _ in cases)
+
+
+def test_sweep_runs_only_layers_planned_off_xla(tmp_path, capsys, monkeypatch):
+    from jconv import grid
+
+    ran = []
+    ones = {"forward": 1.0, "forward_backward": 1.0}
+
+    def fake(case, dtype, *args, **kwargs):  # times nothing: which layers run is the point
+        ran.append(case)
+        row = {"case": {"name": case.name}, "dtype": dtype, "lowering": "fake"}
+        return {**row, "auto_vs_xla": ones, "memory_vs_xla": ones}
+
+    monkeypatch.setattr(grid, "run_grid_case", fake)
+    monkeypatch.setattr(grid, "summarize", lambda rows: {})
+    monkeypatch.setattr(grid, "write_report", lambda *a: None)
+    assert main(["bench", "--grid", "--sweep", "20", "--seed", "5", "--out", str(tmp_path)]) == 0
+    planned = {c.name: grid._planned(c, d) for c, d in grid.sweep(20, 5)}
+    assert 0 < len(ran) < 20 and all(planned[c.name] != "xla" for c in ran)
+    assert [c.name for c in ran] == [n for n, a in planned.items() if a != "xla"]
+    assert f"{len(ran)} of 20 random layers planned off xla" in capsys.readouterr().err
+    assert main(["bench", "--grid", "--sweep", "4", "--seed", "5", "--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == [f"sweep:5:{i}" for i in range(4)]
+
+
 def test_bench_rejects_an_unknown_case():
     assert main(["bench", "--cases", "resnet3x3,nope"]) == 2
 
