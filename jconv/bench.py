@@ -200,6 +200,12 @@ class Progress:
             self.stream.write("\n")
         self.stream.flush()
 
+    def say(self, line: str) -> None:
+        """``line`` on stdout, on a line of its own: the bar's line is cleared first."""
+        self.stream.write("\r" + " " * (self.width + 40) + "\r")
+        self.stream.flush()
+        print(line, flush=True)
+
 
 def run_case(case: Case, repeat: int, dtype: str, algorithm: str, progress=None) -> dict:
     """Times one case; returns its row (milliseconds, ratios, GFLOP/s, lowering)."""

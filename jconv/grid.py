@@ -533,7 +533,7 @@ def run(args) -> int:
     rows = []
     for case, dtype in picked:  # each row as it is measured: a long run can be read early
         rows.append(run_grid_case(case, dtype, args.repeat, tuned=args.tuned))
-        print(_line(rows[-1]), flush=True)
+        progress.say(_line(rows[-1]))
         progress.step(case.name)
     summary = summarize(rows)
     print(json.dumps(summary, indent=1))
