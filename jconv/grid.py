@@ -294,8 +294,6 @@ def _draw(rng, name: str) -> Case | None:
     stride = int(rng.choice((1, 1, 1, 2, 2, 3, 4)))
     dilation = int(rng.choice((1, 1, 1, 1, 2, 3))) if kernel > 1 and stride == 1 else 1
     padding = int(rng.integers(0, dilation * (kernel - 1) // 2 + 1))
-    if transposed:
-        padding = min(padding, (kernel - 1) * dilation // 2)
     case = Case(
         name, nd, int(rng.choice((1, 2, 4, 8, 16, 32))), cin, cout,
         int(rng.choice(_SIZES[nd])), kernel, stride, padding, dilation, groups, transposed,
