@@ -13,8 +13,9 @@
   3x them); each block is one channels-last 2-d conv, widened as in
   ``"widened"``, and the weight gradient is summed over the same blocks. The
   forward (and the input gradient at stride 1) first makes the whole input
-  channels-last, outside the loop (:class:`_Blocks`). Elsewhere it is one plain XLA
-  2-d convolution.
+  channels-last, outside the loop (:class:`_Blocks`), and gathers each block's depth
+  taps from it, zeros in the depth padding. A weight larger than its input trains
+  as XLA's convolution. Elsewhere it is one plain XLA 2-d convolution.
 
 ``"s2d"`` only moves data and adds exact zeros around one XLA convolution, so its
 gradients are that convolution's (crash guard included).
@@ -116,7 +117,7 @@ class _Blocks:
     def __init__(self, x_shape, itemsize: int, kernel, spec: ConvSpec, copies=1, floor=0):
         self.depth = out_spatial(x_shape[2:], kernel, spec)[0]
         self.kd, self.d0, self.s0 = kernel[0], spec.dilation[0], spec.stride[0]
-        self.lo, self.hi = spec.pads[0]
+        self.lo = spec.pads[0][0]
         self.plane = spec._replace(
             stride=spec.stride[1:], pads=spec.pads[1:], dilation=spec.dilation[1:]
         )
@@ -136,25 +137,20 @@ class _Blocks:
         return jnp.minimum(i * self.size, self.depth - self.size)
 
     def source(self, x, order, whole: bool):
-        """``x`` (N, C, D, H, W) for :meth:`taps` in the axis ``order``: rearranged and
-        padded now if ``whole``, else as it is."""
-        if not whole:
-            return x
-        z = x.transpose(order)
-        used = self.s0 * (self.depth - 1) + self.d0 * (self.kd - 1) + 1
-        pads = [(0, 0)] * z.ndim
-        depth = order.index(2)
-        pads[depth] = (self.lo, used - self.lo - z.shape[depth])
-        return pad_trailing(z, pads)
+        """``x`` (N, C, D, H, W) for :meth:`taps` in the axis ``order``: rearranged now
+        if ``whole``, else as it is."""
+        return x.transpose(order) if whole else x
 
     def taps(self, z, i, order, whole: bool):
         """Block ``i``'s planes of each depth tap, in the axis ``order``, from
-        :meth:`source`."""
+        :meth:`source`: zeros for planes in the depth padding. Whole, each tap's planes
+        are gathered from the unpadded copy (a depth-padded copy had grown it up to
+        1.75x, and the forward's temporaries to 2.1x XLA's: dilation 3, padding 3)."""
         depth = order.index(2)
         if whole:
-            slab = lax.dynamic_slice_in_dim(z, self.start(i) * self.s0, self.span, depth)
-        else:
-            slab = self._slab(z, i).transpose(order)
+            first = self.start(i) * self.s0 - self.lo + self.s0 * jnp.arange(self.size)
+            return [_planes(z, first + t * self.d0, depth) for t in range(self.kd)]
+        slab = self._slab(z, i).transpose(order)
         last = self.s0 * (self.size - 1) + 1
         return [
             lax.slice_in_dim(slab, t * self.d0, t * self.d0 + last, self.s0, axis=depth)
@@ -163,19 +159,17 @@ class _Blocks:
 
     def _slab(self, x, i):
         """The input planes block ``i`` reads, (N, C, span, H, W), zeros past either end
-        of depth: a block-sized slice, so the input is never padded whole."""
-        size, first = x.shape[2], self.start(i) * self.s0 - self.lo
-        if self.span > size:  # one block reads more planes than there are
-            xp = pad_trailing(x, [(self.lo, self.span), (0, 0), (0, 0)])
-            return lax.dynamic_slice_in_dim(xp, first + self.lo, self.span, axis=2)
-        at = jnp.clip(first, 0, size - self.span)
-        raw = pad_trailing(
-            lax.dynamic_slice_in_dim(x, at, self.span, axis=2), [(self.lo, self.hi), (0, 0), (0, 0)]
-        )
-        slab = lax.dynamic_slice_in_dim(raw, first - at + self.lo, self.span, axis=2)
-        planes = first + jnp.arange(self.span)
-        inside = (planes >= 0) & (planes < size)
-        return jnp.where(inside[:, None, None], slab, jnp.zeros((), slab.dtype))
+        of depth: gathered, so the input is never padded whole."""
+        return _planes(x, self.start(i) * self.s0 - self.lo + jnp.arange(self.span), 2)
+
+
+def _planes(z, planes, axis: int):
+    """``z``'s slices at the indices ``planes`` along ``axis``, zeros for those outside."""
+    shape = [1] * z.ndim
+    shape[axis] = planes.shape[0]
+    inside = ((planes >= 0) & (planes < z.shape[axis])).reshape(shape)
+    picked = jnp.take(z, jnp.clip(planes, 0, z.shape[axis] - 1), axis=axis)
+    return jnp.where(inside, picked, jnp.zeros((), z.dtype))
 
 
 _LAST = (0, 2, 3, 4, 1)  # (N, D, H, W, C)
@@ -324,8 +318,8 @@ def _dw(x, dy, spec: ConvSpec, kernel):
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             precision=spec.precision,
             preferred_element_type=jnp.float32,
-        )  # (kd·C, kh, kw, O)
-        return part.transpose(1, 2, 0, 3).reshape(taps * folded, cout)
+        )  # (kd·C, kh, kw, O), summed in this layout (transposed once, after the loop)
+        return part
 
     def part(i):
         start = blocks.start(i)
@@ -339,13 +333,17 @@ def _dw(x, dy, spec: ConvSpec, kernel):
         z_i = z_i.reshape(folded, *x.shape[3:], -1)
         return (by_products if swaps else by_conv)(z_i, g)
 
+    summed = (taps * folded, cout) if swaps else (folded, *kernel[1:], cout)
     if batch and blocks.count == 1:
         total = part(0)
     else:
-        total = custom.zeros((taps * folded, cout), jnp.float32, x, dy)
+        total = custom.zeros(summed, jnp.float32, x, dy)
         if batch:
             total = lax.fori_loop(0, blocks.count, lambda i, t: t + part(i), total)
-    dw = total.reshape(*kernel[1:], blocks.kd, x.shape[1], cout).transpose(4, 3, 2, 0, 1)
+    if swaps:  # (kh, kw, kd, C, O)
+        dw = total.reshape(*kernel[1:], blocks.kd, x.shape[1], cout).transpose(4, 3, 2, 0, 1)
+    else:  # (kd, C, kh, kw, O)
+        dw = total.reshape(blocks.kd, x.shape[1], *kernel[1:], cout).transpose(4, 1, 0, 2, 3)
     return dw.astype(dy.dtype)
 
 
@@ -382,6 +380,8 @@ def fold(x, w, spec: ConvSpec, form: str = "fold"):
         return _stacked(x, w, spec)
     x, spec = xla.within_reach(x, w.shape[2:], spec)
     spec = with_input_past(x.shape, w.shape[2:], spec)
+    if form == "fold" and math.prod(w.shape) > math.prod(x.shape):
+        return _TRAINING_XLA(x, w, spec)
     if form == "fold" and any(s > 1 for s in spec.stride):
         if x.shape[1] >= XLA_FORWARD_CHANNELS or w.shape[0] >= XLA_FORWARD_OUTPUTS:
             form = "fold_xla_forward"
@@ -390,9 +390,17 @@ def fold(x, w, spec: ConvSpec, form: str = "fold"):
     return custom.bilinear(form, x, w, spec)
 
 
-_INFERENCE_XLA = custom.undifferentiated(
-    xla.conv, lambda x, w, spec: custom.bilinear("fold", x, w, spec)
-)
+def _fold(x, w, spec: ConvSpec):
+    return custom.bilinear("fold", x, w, spec)
+
+
+_INFERENCE_XLA = custom.undifferentiated(xla.conv, _fold)
+# A weight larger than its input trains as XLA's (inference stays fold's): fold's
+# gradients held two more weight-sized copies, and trained in 2.1-2.4x XLA's temporaries
+# (4x128x6³ -> 96, 2x16x8³ -> 24 at dilation 2, 32x24x4³ -> 128), the last at 0.45x its
+# speed; at most as heavy (nine other layers, 0.02-0.9 weight per input) they held
+# 1.0-1.9x.
+_TRAINING_XLA = custom.undifferentiated(_fold, xla.conv)
 
 
 def fold_phase(x, w, spec: ConvSpec):

@@ -61,7 +61,7 @@ def plan(
       channels, small batch): ``"unfold"``;
     * dense 3-d: ``"fold"`` (``"xla"`` when split in space, for a kernel of
       one tap in the plane, k×1×1, or at stride 1 from ``FOLD_CHANNELS`` input
-      channels on);
+      channels on; a weight larger than its input trains as XLA's inside it);
     * dense 2-d float32 or bfloat16 with more than 16 channels in or out, 8 to 64 in the
       narrower, no dilation, a stride-1 dimension of 16 or more to widen, on
       one device, within ``WIDENED`` (3x3 or smaller, 1e8 flops or more, channel
