@@ -637,6 +637,8 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
         # a weight larger than the input trains as XLA's (fold's gradients: 2.3-2.4x)
         (jconv.Conv3d(128, 96, 3), (4, 128, 6, 6, 6), "train", "float32"),
         (jconv.Conv3d(16, 24, 4, padding=2, dilation=2), (2, 16, 8, 8, 8), "train", "float32"),
+        # ... and, its plane kernel reaching past the input's planes, infers as XLA's (2.0x)
+        (jconv.Conv3d(24, 32, 5, padding=2), (4, 24, 4, 4, 4), "forward", "float32"),
         # strided grouped shift: sub-pixel input gradient (autodiff's: 7.4x)
         (
             jconv.Conv2d(128, 128, 3, stride=2, padding=1, groups=32),
@@ -943,7 +945,8 @@ def test_wide_strided_fold_runs_xlas_forward_with_folds_gradients(monkeypatch, n
 
 def test_fold_of_a_weight_larger_than_its_input_infers_as_fold_and_trains_as_xla():
     """Where the weight outweighs the input, ``"fold"`` runs its own forward where nothing
-    differentiates it and XLA's convolution (forward and gradients) under ``grad``; the
+    differentiates it and XLA's convolution (forward and gradients) under ``grad`` (and
+    XLA's throughout where its plane kernel reaches past the input's planes); the
     numbers equal ``"xla"``'s either way."""
     cfg = jconv.Conv3d(8, 12, 3, padding=1, algorithm="fold")
     p = jconv.init(jax.random.key(0), cfg)
@@ -959,6 +962,14 @@ def test_fold_of_a_weight_larger_than_its_input_infers_as_fold_and_trains_as_xla
 
     assert forms(jconv.apply) == {"fold"}
     assert forms(jax.grad(loss, argnums=(0, 1))) == set()
+    # a plane kernel reaching past the input's planes: XLA's convolution in inference too
+    far = jconv.init(jax.random.key(0), jconv.Conv3d(8, 12, 5, padding=2, algorithm="fold"))
+    assert "form=" not in str(jax.make_jaxpr(jconv.apply)(far, x))
+    chex.assert_trees_all_close(
+        jconv.apply(far, x),
+        jconv.apply(dataclasses.replace(far, cfg=dataclasses.replace(far.cfg, algorithm="xla")), x),
+        atol=1e-5,
+    )
     chex.assert_trees_all_close(jconv.apply(p, x), jconv.apply(ref, x), atol=1e-5)
     (gp, gx), (rp, rx) = (jax.grad(loss, argnums=(0, 1))(q, x) for q in (p, ref))
     chex.assert_trees_all_close((gp.weight, gp.bias, gx), (rp.weight, rp.bias, rx), atol=1e-4)

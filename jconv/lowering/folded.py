@@ -381,6 +381,9 @@ def fold(x, w, spec: ConvSpec, form: str = "fold"):
     x, spec = xla.within_reach(x, w.shape[2:], spec)
     spec = with_input_past(x.shape, w.shape[2:], spec)
     if form == "fold" and math.prod(w.shape) > math.prod(x.shape):
+        reach = [d * (k - 1) + 1 for k, d in zip(w.shape[3:], spec.dilation[1:])]
+        if any(r > n for r, n in zip(reach, x.shape[3:])):
+            return xla.conv(x, w, spec)
         return _TRAINING_XLA(x, w, spec)
     if form == "fold" and any(s > 1 for s in spec.stride):
         if x.shape[1] >= XLA_FORWARD_CHANNELS or w.shape[0] >= XLA_FORWARD_OUTPUTS:
@@ -399,7 +402,10 @@ _INFERENCE_XLA = custom.undifferentiated(xla.conv, _fold)
 # gradients held two more weight-sized copies, and trained in 2.1-2.4x XLA's temporaries
 # (4x128x6³ -> 96, 2x16x8³ -> 24 at dilation 2, 32x24x4³ -> 128), the last at 0.45x its
 # speed; at most as heavy (nine other layers, 0.02-0.9 weight per input) they held
-# 1.0-1.9x.
+# 1.0-1.9x. Where its plane kernel also reaches past the input's planes, XLA's CPU
+# backend reverses the plane weight inside fold's forward too (another weight-sized
+# copy: 2.0x XLA's forward temporaries, 4x24x4³ -> 32 at 5³, 8x96x4³ -> 48 at 7³),
+# so there it is XLA's convolution throughout.
 _TRAINING_XLA = custom.undifferentiated(_fold, xla.conv)
 
 
