@@ -639,6 +639,13 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
         (jconv.Conv3d(16, 24, 4, padding=2, dilation=2), (2, 16, 8, 8, 8), "train", "float32"),
         # ... and, its plane kernel reaching past the input's planes, infers as XLA's (2.0x)
         (jconv.Conv3d(24, 32, 5, padding=2), (4, 24, 4, 4, 4), "forward", "float32"),
+        # 3-d transposed, narrow output: the phases' blocks count their outputs (2.25x)
+        (
+            jconv.ConvTranspose3d(128, 3, 5, stride=4, padding=1),
+            (32, 128, 4, 4, 4),
+            "forward",
+            "float32",
+        ),
         # strided grouped shift: sub-pixel input gradient (autodiff's: 7.4x)
         (
             jconv.Conv2d(128, 128, 3, stride=2, padding=1, groups=32),
