@@ -200,7 +200,8 @@ def _fold_loop(x, w, spec: ConvSpec, whole: bool):
     # medians of 7: that layer 0.98x / 0.93x (forward / forward+backward), four
     # 3x3x3 and 4x4x4 stride-2 ones 1.00-1.23x / 1.00-1.09x, the 3-d UNet unchanged.
     outputs = 0 if whole else w.shape[0]
-    blocks = _Blocks(x.shape, x.dtype.itemsize, w.shape[2:], spec, 2 if whole else 1, 0, outputs)
+    copies = 2 if whole else 1
+    blocks = _Blocks(x.shape, x.dtype.itemsize, w.shape[2:], spec, copies, outputs=outputs)
     batch, cout, groups = x.shape[0], w.shape[0], spec.groups
     kh, kw = w.shape[3:]
     w2 = w.transpose(3, 4, 2, 1, 0).reshape(kh, kw, -1, cout)  # (kh, kw, kd·C/g, O)
