@@ -646,6 +646,16 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
             "forward",
             "float32",
         ),
+        # 3-d transposed, few outputs: the weight gradient's taps read the shifted
+        # cotangent, not the input's windows (then: 2.0-2.7x)
+        (
+            jconv.ConvTranspose3d(64, 4, 4, stride=2, padding=1),
+            (1, 64, 16, 16, 16),
+            "train",
+            "float32",
+        ),
+        (jconv.ConvTranspose3d(256, 8, 4, stride=2), (4, 256, 4, 4, 4), "train", "float32"),
+        (jconv.ConvTranspose3d(128, 4, 4, stride=2), (8, 128, 4, 4, 4), "train", "float32"),
         # strided grouped shift: sub-pixel input gradient (autodiff's: 7.4x)
         (
             jconv.Conv2d(128, 128, 3, stride=2, padding=1, groups=32),

@@ -28,6 +28,7 @@ import functools
 import math
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jconv.lowering import custom, phases, widened, xla
@@ -284,6 +285,17 @@ def _dx(w, dy, spec: ConvSpec, whole: bool):
     )
 
 
+def _shifted_cotangents(g, plane: ConvSpec, taps, size):
+    """For each plane tap (row-major), the cotangent ``g`` (H', W', B, O) of a stride-1
+    plane conv placed where that tap meets its input of ``size`` (H, W): (H, W, B, O),
+    zero where the tap meets no output."""
+    out = g.shape[:2]
+    for tap in np.ndindex(*taps):
+        shift = [d * t - lo for d, t, (lo, _) in zip(plane.dilation, tap, plane.pads)]
+        pads = [(a, n - o - a, 0) for a, n, o in zip(shift, size, out)]
+        yield lax.pad(g, jnp.zeros((), g.dtype), [*pads, (0, 0, 0), (0, 0, 0)])
+
+
 def _dw(x, dy, spec: ConvSpec, kernel):
     """Weight gradient summed over the blocks of depth planes, each block rearranging its
     own operands (rearranged whole first, the training temporaries of Conv3d(32, 64, 3,
@@ -298,6 +310,14 @@ def _dw(x, dy, spec: ConvSpec, kernel):
     # 7 ms). There each kernel tap's window is a matrix product instead (8.2 against
     # 3.2 MB of temporaries on 4x32x16³ -> 32, 1.1x slower).
     swaps = any(o > i for o, i in zip(dy.shape[3:], x.shape[3:]))
+    # There, at stride 1 and with fewer output channels than folded input ones, each
+    # tap's product reads the cotangent shifted to where it meets the input, not the
+    # input's window: XLA held every tap's copy at once, and the cotangent's are the
+    # smaller (ConvTranspose3d(64, 4, 4, stride=2) on 1x64x16³: 2.6x -> 1.36x XLA's
+    # training temporaries; five such layers' training 1.10-1.37x faster).
+    shifted = (
+        swaps and all(s == 1 for s in spec.stride[1:]) and dy.shape[1] < x.shape[1] * kernel[0]
+    )
     # blocks as large as the float32 weight gradient, which a loop's sum would hold again
     grad = 4 * dy.shape[1] * x.shape[1] * math.prod(kernel)
     blocks = _Blocks(x.shape, x.dtype.itemsize, kernel, spec, 2 if swaps else 1, grad)
@@ -305,20 +325,27 @@ def _dw(x, dy, spec: ConvSpec, kernel):
     plane, (_, h_out, w_out) = blocks.plane, dy.shape[2:]
     taps = kernel[1] * kernel[2]
 
+    def product(a, b):  # (kd·C, P) x (P, O) -> (kd·C, O), summed in float32
+        return lax.dot_general(
+            a,
+            b,
+            (((1,), (0,)), ((), ())),
+            precision=spec.precision,
+            preferred_element_type=jnp.float32,
+        )
+
     def by_products(z, g):  # z (kd·C, H, W, B), g (H', W', B, O)
         z = z.transpose(0, 3, 1, 2)  # (kd·C, B, H, W)
         g = g.transpose(2, 0, 1, 3).reshape(-1, cout)
-        parts = [
-            lax.dot_general(
-                window.reshape(folded, -1),
-                g,
-                (((1,), (0,)), ((), ())),
-                precision=spec.precision,
-                preferred_element_type=jnp.float32,
-            )
-            for _, window in windows(z, kernel[1:], plane)
-        ]  # each (kd·C, O)
-        return jnp.concatenate(parts)
+        windowed = windows(z, kernel[1:], plane)
+        return jnp.concatenate([product(t.reshape(folded, -1), g) for _, t in windowed])
+
+    def by_shifted(z, g):  # stride 1: each tap's cotangent placed where it meets z
+        zf = z.transpose(0, 3, 1, 2).reshape(folded, -1)
+        frames = _shifted_cotangents(g, plane, kernel[1:], z.shape[1:3])
+        return jnp.concatenate(
+            [product(zf, f.transpose(2, 0, 1, 3).reshape(-1, cout)) for f in frames]
+        )
 
     def by_conv(z, g):  # z (kd·C, H, W, B): channels as the batch
         # the input window each kernel tap meets: exactly (out − 1)·s + d·(k − 1) + 1 long
@@ -349,7 +376,7 @@ def _dw(x, dy, spec: ConvSpec, kernel):
         g = g.reshape(h_out, w_out, -1, cout)  # (H', W', N·planes, O)
         z_i = jnp.stack(blocks.taps(x, i, _FIRST, False))  # (kd, C, H, W, N, planes)
         z_i = z_i.reshape(folded, *x.shape[3:], -1)
-        return (by_products if swaps else by_conv)(z_i, g)
+        return (by_shifted if shifted else by_products if swaps else by_conv)(z_i, g)
 
     summed = (taps * folded, cout) if swaps else (folded, *kernel[1:], cout)
     if batch and blocks.count == 1:
