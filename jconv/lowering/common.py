@@ -90,6 +90,21 @@ def windows(x, kernel, spec: ConvSpec, fuse_pads: bool = False):
         yield t, xt
 
 
+def shifted_cotangents(dy, kernel, spec: ConvSpec, size, axes):
+    """For each kernel tap (row-major), a stride-1 conv's output cotangent ``dy``
+    placed where that tap meets the input: ``dy``'s ``axes`` (the spatial ones, in
+    order) padded or cropped from the output's extent to the input's ``size``, zero
+    where the tap meets no output. Its product with the input is that tap's weight
+    gradient, as the input's window times ``dy`` is (:func:`windows`); with fewer
+    output than input channels these copies are the smaller."""
+    pads = [(0, 0, 0)] * dy.ndim
+    for tap in np.ndindex(*kernel):
+        for a, d, t, (lo, _), n in zip(axes, spec.dilation, tap, spec.pads, size):
+            shift = d * t - lo
+            pads[a] = (shift, n - dy.shape[a] - shift, 0)
+        yield lax.pad(dy, jnp.zeros((), dy.dtype), pads)
+
+
 def col2im(w, dy, spec: ConvSpec, budget: int | None = None):
     """The input gradient of a forward conv with ``w`` (O, C/g, *k) at ``dy`` (N, O, *out)
     (``spec.output_padding``: the input rows past the last window, as

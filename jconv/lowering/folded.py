@@ -28,7 +28,6 @@ import functools
 import math
 
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jconv.lowering import custom, phases, widened, xla
@@ -41,6 +40,7 @@ from jconv.lowering.common import (
     group_block,
     input_size,
     out_spatial,
+    shifted_cotangents,
     transposed_spec,
     windows,
     with_input_past,
@@ -285,17 +285,6 @@ def _dx(w, dy, spec: ConvSpec, whole: bool):
     )
 
 
-def _shifted_cotangents(g, plane: ConvSpec, taps, size):
-    """For each plane tap (row-major), the cotangent ``g`` (H', W', B, O) of a stride-1
-    plane conv placed where that tap meets its input of ``size`` (H, W): (H, W, B, O),
-    zero where the tap meets no output."""
-    out = g.shape[:2]
-    for tap in np.ndindex(*taps):
-        shift = [d * t - lo for d, t, (lo, _) in zip(plane.dilation, tap, plane.pads)]
-        pads = [(a, n - o - a, 0) for a, n, o in zip(shift, size, out)]
-        yield lax.pad(g, jnp.zeros((), g.dtype), [*pads, (0, 0, 0), (0, 0, 0)])
-
-
 def _dw(x, dy, spec: ConvSpec, kernel):
     """Weight gradient summed over the blocks of depth planes, each block rearranging its
     own operands (rearranged whole first, the training temporaries of Conv3d(32, 64, 3,
@@ -351,7 +340,7 @@ def _dw(x, dy, spec: ConvSpec, kernel):
 
     def by_shifted(z, g):  # stride 1: each tap's cotangent placed where it meets z
         zf = z.transpose(0, 3, 1, 2).reshape(folded, -1)
-        frames = _shifted_cotangents(g, plane, kernel[1:], z.shape[1:3])
+        frames = shifted_cotangents(g, kernel[1:], plane, z.shape[1:3], (0, 1))
         return jnp.concatenate(
             [product(zf, f.transpose(2, 0, 1, 3).reshape(-1, cout)) for f in frames]
         )

@@ -33,6 +33,7 @@ from jconv.lowering.common import (
     group_block,
     over_groups,
     pads_once,
+    shifted_cotangents,
     split_block,
     transposed_spec,
     windows,
@@ -342,23 +343,41 @@ def _phases(x, spec: ConvSpec, lengths):
 
 
 def tap_weight_grad(x, dy, kernel, spec: ConvSpec):
-    """``dw`` (O, C/g, *k) of a conv with output cotangent ``dy``: a product per tap."""
+    """``dw`` (O, C/g, *k) of a conv with output cotangent ``dy``: a product per tap, of
+    ``dy`` with the input's window, or at stride 1 with fewer output than input channels
+    of the input with ``dy`` shifted to where the tap meets it (the smaller copies),
+    image by image, so that the input is read as it lies."""
     g = spec.groups
     (batch, cin), cout = x.shape[:2], dy.shape[1]
     xg = x.reshape(batch, g, cin // g, *x.shape[2:])
     dyg = dy.reshape(batch, g, cout // g, *dy.shape[2:])
     dims = tuple(range(3, dy.ndim + 1))
-    rows = []
-    for _, xt in windows(xg, kernel, spec):
-        rows.append(
+    acc = accumulator(dy.dtype)
+    if all(s == 1 for s in spec.stride) and cout < cin:
+        frames = shifted_cotangents(dyg, kernel, spec, x.shape[2:], range(3, xg.ndim))
+        rows = [
+            lax.dot_general(
+                xg,
+                f,
+                ((dims, dims), ((0, 1), (0, 1))),
+                precision=spec.precision,
+                preferred_element_type=acc,
+            )
+            .sum(0)
+            .swapaxes(1, 2)  # (N, g, C/g, O/g) summed over the images: the input as lies
+            for f in frames
+        ]
+    else:
+        rows = [
             lax.dot_general(
                 dyg,
                 xt,
                 (((0, *dims), (0, *dims)), ((1,), (1,))),
                 precision=spec.precision,
-                preferred_element_type=accumulator(dy.dtype),
-            )
-        )  # (g, O/g, C/g), summed in float32 or wider
+                preferred_element_type=acc,
+            )  # (g, O/g, C/g), summed in float32 or wider
+            for _, xt in windows(xg, kernel, spec)
+        ]
     dw = jnp.stack(rows, axis=-1).astype(dy.dtype)
     return dw.reshape(cout, cin // g, *kernel)
 
