@@ -216,6 +216,19 @@ GRID_F32 = (
             (3, 1, 32, 32, 16, 3, dict(padding=1, transposed=True)),
         ],
     )
+    + _family(
+        "heads",  # few outputs from many inputs: segmentation and waveform heads
+        [
+            (2, 4, 64, 3, 96, 3, dict(padding=1)),
+            (2, 1, 128, 8, 96, 3, dict(padding=1)),
+            (2, 16, 256, 16, 28, 3, dict(padding=1)),
+            (2, 8, 32, 4, 56, 3, dict(padding=1)),
+            (2, 4, 64, 3, 64, 7, dict(padding=3)),
+            (1, 4, 32, 1, 4096, 7, dict(padding=3)),
+            (3, 2, 64, 3, 32, 3, dict(padding=1)),
+            (2, 2, 256, 32, 28, 3, dict(padding=1)),
+        ],
+    )
 )
 
 # bfloat16 twins of the layer families users train in bfloat16
@@ -240,6 +253,7 @@ GRID_BF16 = tuple(
         "transposed3d:0",
         "transposed3d:2",
         "dilated:0",
+        "heads:0",
     }
 )
 GRID = tuple((c, "float32") for c in GRID_F32) + tuple((c, "bfloat16") for c in GRID_BF16)

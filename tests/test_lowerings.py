@@ -154,23 +154,26 @@ def _small(i: int):
         ),
         # fold with output channels at most a sixth of the folded input ones
         ("fold", jconv.Conv3d(6, 2, 3, padding=1, dilation=(1, 2, 1)), (2, 6, 4, 5, 4)),
+        # tapgrad with fewer output than input channels, 1-d to 3-d, grouped
+        ("tapgrad", jconv.Conv2d(8, 3, 3, padding=((0, 2), (1, 0))), (2, 8, 5, 6)),
+        ("tapgrad", jconv.Conv1d(4, 2, 5, padding=((3, 1),), groups=2), (2, 4, 9)),
+        ("tapgrad", jconv.Conv3d(4, 2, 2, padding=1, dilation=(1, 2, 1)), (1, 4, 3, 5, 3)),
     ],
 )
-def test_fold_weight_gradient_from_shifted_cotangents_equals_xla(
-    algorithm, cfg, shape, monkeypatch
-):
-    """fold's weight gradient where each plane tap's product reads the cotangent shifted
-    to where it meets the input (checked: that path runs). Forward and gradients equal
-    xla's."""
-    from jconv.lowering import folded
+def test_weight_gradient_from_shifted_cotangents_equals_xla(algorithm, cfg, shape, monkeypatch):
+    """Weight gradients (fold's, tapgrad's) where each tap's product reads the cotangent
+    shifted to where that tap meets the input (checked: that path runs). Forward and
+    gradients equal xla's."""
+    from jconv.lowering import folded, taps
 
-    calls, real = [], folded._shifted_cotangents
+    calls, real = [], folded.shifted_cotangents
 
     def spy(*args):
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr(folded, "_shifted_cotangents", spy)
+    for module in (folded, taps):
+        monkeypatch.setattr(module, "shifted_cotangents", spy)
     jax.clear_caches()  # trace afresh: the spy must see this config's gradient
     x = jax.random.normal(jax.random.key(0), shape)
     results = []
@@ -275,6 +278,15 @@ def test_fft_matches_a_direct_sum_on_a_31x31_depthwise_kernel():
         (jconv.Conv3d(32, 32, (3, 1, 1), padding=(1, 0, 0)), "xla"),
         (jconv.Conv3d(32, 32, (1, 1, 3), padding=(0, 0, 1)), "fold"),
         (jconv.Conv1d(64, 64, 3, padding=1), "xla"),
+        # narrow heads: at most 16 outputs, at least 8 inputs per output, stride 1
+        (jconv.Conv2d(64, 3, 3, padding=1), "tapgrad"),
+        (jconv.Conv2d(128, 4, 5, padding=4, dilation=2), "tapgrad"),
+        (jconv.Conv2d(64, 3, 7, padding=3), "xla"),
+        (jconv.Conv1d(32, 1, 7, padding=3), "tapgrad"),
+        (jconv.Conv2d(256, 32, 3, padding=1), "xla"),
+        (jconv.Conv2d(64, 16, 3, padding=1), "xla"),
+        (jconv.Conv2d(64, 3, 3, stride=2, padding=1), "xla"),
+        (jconv.Conv2d(64, 4, 3, padding=1, groups=2), "pergroup"),
     ],
 )
 def test_planner_picks_by_layer_family_on_cpu_and_xla_elsewhere(cfg, want):
@@ -700,6 +712,10 @@ def test_planner_keeps_small_or_wide_layers_and_small_batch_stems_on_xla():
         ),
         (jconv.ConvTranspose3d(256, 8, 4, stride=2), (4, 256, 4, 4, 4), "train", "float32"),
         (jconv.ConvTranspose3d(128, 4, 4, stride=2), (8, 128, 4, 4, 4), "train", "float32"),
+        # narrow heads: the weight gradient by shifted cotangents (the input read as it
+        # lies; no copy of its windows)
+        (jconv.Conv2d(96, 3, 5, padding=2), (2, 96, 56, 56), "train", "float32"),
+        (jconv.Conv2d(128, 16, 3, padding=1), (16, 128, 28, 28), "train", "float32"),
         # strided grouped shift: sub-pixel input gradient (autodiff's: 7.4x)
         (
             jconv.Conv2d(128, 128, 3, stride=2, padding=1, groups=32),

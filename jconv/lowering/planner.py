@@ -62,6 +62,9 @@ def plan(
     * dense 3-d: ``"fold"`` (``"xla"`` when split in space, for a kernel of
       one tap in the plane, k×1×1, or at stride 1 from ``FOLD_CHANNELS`` input
       channels on; a weight larger than its input trains as XLA's inside it);
+    * dense 1-d and 2-d at stride 1 with at most 16 output channels, and at least 8
+      input channels per output one for 3x3 (``_narrow_head``), on one device:
+      ``"tapgrad"``;
     * dense 2-d float32 or bfloat16 with more than 16 channels in or out, 8 to 64 in the
       narrower, no dilation, a stride-1 dimension of 16 or more to widen, on
       one device, within ``WIDENED`` (3x3 or smaller, 1e8 flops or more, channel
@@ -72,8 +75,8 @@ def plan(
       channels and a kernel of at least 3 stride blocks per dimension, batch of
       8 or more, on one device: ``"s2d"`` (whose stride-1 conv is widened; at
       batch 1 its weight gradient was 10x slower than xla's);
-    * everything else: ``"xla"`` (``"tapgrad"`` left the default rules: on the
-      grid's strided 3x3 layers it won on two, lost on two, with 2.1x memory).
+    * everything else: ``"xla"`` (strided, ``"tapgrad"`` won on two of the grid's
+      3x3 layers and lost on two, with 2.1x memory).
     """
     if cfg.algorithm != "auto":
         return cfg.algorithm
@@ -123,11 +126,30 @@ def plan(
         # 1.21x / 1.35x at 4x256x8³, and 1.2-2.7x with 64 to 192 channels
         wide = cfg.in_channels >= FOLD_CHANNELS and not strided
         return "xla" if space_split or flat or wide else "fold"
+    if cfg.ndim <= 2 and not split and not strided and _narrow_head(cfg):
+        return "tapgrad"
     if cfg.ndim == 2 and not split and _widens(cfg, dtype, x_shape):
         return "widened"
     if cfg.ndim == 2 and not split and _stem(cfg, dtype) and x_shape[0] >= 8:
         return "s2d"
     return "xla"
+
+
+def _narrow_head(cfg) -> bool:
+    """Whether a dense stride-1 layer has at most ``FEATURES`` output channels and its
+    cotangent's shifted copies, one per tap (∏k·O channels), at most 9/8 of the input's
+    channels (3x3: 8 input channels per output): an output head, a bottleneck's narrow
+    end. There XLA's CPU weight gradient (its own kernel, which YNNPACK leaves to it)
+    ran 1.2-10x slower than ``"tapgrad"``'s products of the input with those copies.
+    Forward+backward against the planned lowering, one process, medians of 7, over 51
+    layers: 3x3 at 28² and 96², batch 1, 4 and 16, 32 -> 1 to 256 -> 16 1.3-8.4x
+    (batch 1 3.1-8.4x, 16 1.3-1.9x), at 1.1-1.8x XLA's training temporaries; 1-d (k 3
+    to 7, 1,024-16,000 steps) 1.2-1.9x at 1.0-1.1x; bfloat16 2.4x and 6.7x. With 32
+    outputs (256 -> 32) it lost on two of four (0.70x, 0.82x); with more copies (7x7
+    64 -> 3, 5x5 96 -> 8: 2.3 and 2.1 times the input) it won 2.9-4.4x but held 3.0x
+    and 2.6x XLA's temporaries."""
+    copies = math.prod(cfg.kernel_size) * cfg.out_channels
+    return cfg.groups == 1 and cfg.out_channels <= FEATURES and 8 * copies <= 9 * cfg.in_channels
 
 
 # Depthwise: the most kernel taps per output (``_shift_taps``) that ``"shift"`` runs
