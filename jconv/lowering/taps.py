@@ -364,7 +364,7 @@ def tap_weight_grad(x, dy, kernel, spec: ConvSpec):
                 preferred_element_type=acc,
             )
             .sum(0)
-            .swapaxes(1, 2)  # (N, g, C/g, O/g) summed over the images: the input as lies
+            .swapaxes(1, 2)  # (N, g, C/g, O/g) summed over the images: the input as it lies
             for f in frames
         ]
     else:
