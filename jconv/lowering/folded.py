@@ -311,15 +311,14 @@ def _dw(x, dy, spec: ConvSpec, kernel):
     # third, 32 -> 24, 32 -> 32 and 16 -> 16, 0.57-0.96x). Each plane tap is one product
     # in the program, so only up to 3x3 plane taps: Conv3d(48, 1, 7) on 8x48x8³
     # compiled in 1.69 s against 0.86 s, for forward+backward 1.05x as fast.
-    folds = x.shape[1] * kernel[0]
+    batch, cout, folded = x.shape[0], dy.shape[1], x.shape[1] * kernel[0]  # folded: kd·C
     shifted = all(s == 1 for s in spec.stride[1:]) and (
-        dy.shape[1] < folds if swaps else 6 * dy.shape[1] <= folds and math.prod(kernel[1:]) <= 9
+        cout < folded if swaps else 6 * cout <= folded and math.prod(kernel[1:]) <= 9
     )
     products = swaps or shifted
     # blocks as large as the float32 weight gradient, which a loop's sum would hold again
     grad = 4 * dy.shape[1] * x.shape[1] * math.prod(kernel)
     blocks = _Blocks(x.shape, x.dtype.itemsize, kernel, spec, 2 if swaps else 1, grad)
-    batch, cout, folded = x.shape[0], dy.shape[1], folds
     plane, (_, h_out, w_out) = blocks.plane, dy.shape[2:]
     taps = kernel[1] * kernel[2]
 

@@ -136,10 +136,10 @@ def plan(
 
 
 def _narrow_head(cfg) -> bool:
-    """Whether a dense stride-1 layer has at most ``FEATURES`` output channels and its
-    cotangent's shifted copies, one per tap (∏k·O channels), at most 9/8 of the input's
-    channels (3x3: 8 input channels per output): an output head, a bottleneck's narrow
-    end. There XLA's CPU weight gradient (its own kernel, which YNNPACK leaves to it)
+    """Whether a layer (dense and at stride 1: the caller checks) has at most
+    ``FEATURES`` output channels and its cotangent's shifted copies, one per tap (∏k·O
+    channels), at most 9/8 of the input's channels (3x3: 8 input channels per output):
+    an output head, a bottleneck's narrow end. There XLA's CPU weight gradient (its own kernel, which YNNPACK leaves to it)
     ran 1.2-10x slower than ``"tapgrad"``'s products of the input with those copies.
     Forward+backward against the planned lowering, one process, medians of 7, over 51
     layers: 3x3 at 28² and 96², batch 1, 4 and 16, 32 -> 1 to 256 -> 16 1.3-8.4x
@@ -149,7 +149,7 @@ def _narrow_head(cfg) -> bool:
     64 -> 3, 5x5 96 -> 8: 2.3 and 2.1 times the input) it won 2.9-4.4x but held 3.0x
     and 2.6x XLA's temporaries."""
     copies = math.prod(cfg.kernel_size) * cfg.out_channels
-    return cfg.groups == 1 and cfg.out_channels <= FEATURES and 8 * copies <= 9 * cfg.in_channels
+    return cfg.out_channels <= FEATURES and 8 * copies <= 9 * cfg.in_channels
 
 
 # Depthwise: the most kernel taps per output (``_shift_taps``) that ``"shift"`` runs
